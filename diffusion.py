@@ -1,0 +1,155 @@
+"""Denoising diffusion: the forward process, the epsilon-prediction loss and the DDIM sampler.
+
+Paper Section 2.1, Eq. (1)-(3); DDIM is Song et al. (2021a). The same code serves images
+(B, C, H, W) and action sequences (B, S, D_a): every function works on any shape (B, ...) and passes
+the conditioning (class labels or observation windows) straight through to the network.
+
+Notation (paper Section 2.1)
+    beta_t                      linear noise schedule, t = 0 .. T-1 (T = 1000)
+    alpha_t = 1 - beta_t
+    alpha_bar_t = prod_{s<=t} alpha_s
+    x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,  eps ~ N(0, I)           Eq. (2)
+    L_simple = E_{t, x0, eps} || eps - eps_theta(x_t, t) ||^2                            Eq. (3)
+
+The network is called as ``model(x_t, t, cond)`` and returns eps_hat with the shape of x_t.
+A *batch* is a tuple ``(x0, cond)`` or ``(x0, cond, t, eps)``; the second form carries pre-drawn
+noise, which makes the per-sample loss a deterministic function of the parameters (needed by the
+rank-1 Fisher's forward-mode pass and by vmap in fisher.py).
+
+Deviations from the paper
+- Eq. (3) is the *sum* of squares; here the per-sample loss is the *mean* over the non-batch
+  dimensions, as in the authors' code (reference notes §1: "mean-over-pixels MSE") and in
+  diffusers. It rescales the loss by 1/dim, which Adam ignores but lambda does not: the paper's
+  lambda values (Tables 3-4) are for this mean form.
+- Timesteps are 0-based (t in {0..999}), as in diffusers; the paper writes t = 1..T.
+- The schedule is fixed to diffusers' defaults (linear betas 1e-4..0.02, 1000 steps; reference
+  notes §6); DDIM uses "leading" spacing (980, 960, ..., 0 for 50 steps) and alpha_bar_prev = 1
+  at the last step, as diffusers' DDIMScheduler.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+# -----------------------------------------------------------------------------
+# schedule, Eq. (1)-(2)
+
+
+class Schedule:
+    """Linear beta schedule of the variance-preserving forward process, Eq. (1).
+
+    Buffers are float64 on the CPU; ``coef(t, x)`` gathers them for a batch of timesteps and
+    moves them to x's device and dtype, broadcast to x's shape.
+    """
+
+    def __init__(self, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self.num_steps = num_steps
+        self.betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)  # Eq. (1) beta_t
+        self.alphas = 1.0 - self.betas                                                    # alpha_t
+        self.alpha_bar = torch.cumprod(self.alphas, dim=0)                                 # alpha_bar_t
+
+    def coef(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """values[t] as a (B, 1, ..., 1) tensor on like's device/dtype."""
+        out = values.to(like.device)[t.to(like.device)].to(like.dtype)  # (B,)
+        return out.reshape(-1, *([1] * (like.dim() - 1)))                # (B, 1, ..., 1)
+
+
+def q_sample(sched: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Eq. (2): x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps.  x0, eps: (B, ...); t: (B,)."""
+    ab = sched.coef(sched.alpha_bar, t, x0)
+    return ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps  # Eq. (2)
+
+
+def draw_noise(sched: Schedule, x0: torch.Tensor, generator: torch.Generator | None = None):
+    """t ~ U{0..T-1} (B,) and eps ~ N(0, I) with x0's shape, both from ``generator``.
+
+    The generator must live on x0's device (torch requires it); pass None for the global RNG.
+    """
+    B = x0.shape[0]
+    t = torch.randint(0, sched.num_steps, (B,), generator=generator, device=x0.device)
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    return t, eps
+
+
+# -----------------------------------------------------------------------------
+# loss, Eq. (3)
+
+
+def eps_loss(model, sched: Schedule, x0, cond, t=None, eps=None, generator=None) -> torch.Tensor:
+    """Per-sample epsilon-prediction loss, Eq. (3): ||eps - eps_theta(x_t, t, cond)||^2 / dim.
+
+    x0: (B, ...); cond: whatever the model takes (labels (B,), observations (B, O, D_o), or None).
+    t, eps: pre-drawn noise, or None to draw them from ``generator``. Returns (B,).
+    """
+    if (t is None) != (eps is None):
+        raise ValueError("pass both t and eps, or neither")
+    if t is None:
+        t, eps = draw_noise(sched, x0, generator)
+    x_t = q_sample(sched, x0, t, eps)                      # Eq. (2)
+    eps_hat = model(x_t, t, cond)                          # (B, ...)
+    return (eps - eps_hat).pow(2).flatten(1).mean(dim=1)   # Eq. (3), (B,)
+
+
+def batch_loss(model, sched: Schedule, batch, generator=None) -> torch.Tensor:
+    """eps_loss on a batch tuple (x0, cond) or (x0, cond, t, eps). Returns (B,)."""
+    if len(batch) == 2:
+        return eps_loss(model, sched, batch[0], batch[1], generator=generator)
+    if len(batch) == 4:
+        return eps_loss(model, sched, *batch)
+    raise ValueError(f"a batch is (x0, cond) or (x0, cond, t, eps); got a tuple of {len(batch)}")
+
+
+def with_noise(sched: Schedule, batch, generator=None):
+    """(x0, cond) -> (x0, cond, t, eps) with noise drawn now, so the loss is deterministic."""
+    x0, cond = batch[0], batch[1]
+    t, eps = draw_noise(sched, x0, generator)
+    return x0, cond, t, eps
+
+
+# -----------------------------------------------------------------------------
+# DDIM sampler (Song et al. 2021a)
+
+
+def ddim_timesteps(num_train: int = 1000, steps: int = 50) -> torch.Tensor:
+    """'Leading' spacing, descending: for 1000/50 -> 980, 960, ..., 20, 0."""
+    if not 1 <= steps <= num_train:
+        raise ValueError(f"DDIM steps must be in 1..{num_train}, got {steps}")
+    ratio = num_train // steps
+    return torch.arange(steps - 1, -1, -1, dtype=torch.long) * ratio
+
+
+@torch.no_grad()
+def ddim_sample(model, sched: Schedule, shape, cond, steps: int = 50, eta: float = 0.0,
+                generator: torch.Generator | None = None, progress: bool = False,
+                device=None, dtype=torch.float32, clip: bool = True) -> torch.Tensor:
+    """Draw x0 of ``shape`` = (B, ...) from x_T ~ N(0, I) with DDIM; deterministic given generator.
+
+    With eta = 0 the update is deterministic given x_T (DDIM, Song et al. 2021a, Eq. 12):
+        x0_hat   = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t), clipped to [-1, 1]
+        sigma_t  = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev)
+        x_prev   = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma_t^2) eps_hat + sigma_t z
+    As diffusers does, eps_hat is recomputed from the clipped x0_hat before the step.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    x = torch.randn(shape, generator=generator, device=device, dtype=dtype)  # x_T
+    ts = ddim_timesteps(sched.num_steps, steps)
+    ratio = sched.num_steps // steps
+    B = shape[0]
+    for t in tqdm(ts.tolist(), desc="DDIM", leave=False, disable=not progress):
+        t_batch = torch.full((B,), t, dtype=torch.long, device=device)
+        eps_hat = model(x, t_batch, cond)
+        ab = float(sched.alpha_bar[t])
+        ab_prev = float(sched.alpha_bar[t - ratio]) if t - ratio >= 0 else 1.0
+        x0_hat = (x - math.sqrt(1 - ab) * eps_hat) / math.sqrt(ab)            # DDIM Eq. 12, "predicted x0"
+        if clip:
+            x0_hat = x0_hat.clamp(-1.0, 1.0)
+            eps_hat = (x - math.sqrt(ab) * x0_hat) / math.sqrt(1 - ab)
+        sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)  # DDIM Eq. 16
+        x = math.sqrt(ab_prev) * x0_hat + math.sqrt(max(1 - ab_prev - sigma ** 2, 0.0)) * eps_hat
+        if sigma > 0:
+            x = x + sigma * torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    return x
