@@ -1,0 +1,434 @@
+"""Continual-learning metrics, run files and the aggregation CLI (paper Section 4, Tables 1-2, Figure 2, App. D).
+
+Shared by `train_cw10.py` (score = success rate, higher is better) and `train_imagenet.py` (score = FID, lower is
+better). Nothing here knows about models: it works on score matrices, evaluation curves and JSON files.
+
+Notation
+    R[i][j]   score of task j measured right after finishing training task i (j <= i); None for j > i.
+              Success rates are fractions in [0, 1]; tables print them as percent (paper Table 1: "88.3%").
+    average   mean_j R[-1][j] over the tasks trained so far (Table 1: SR for CW10, AFID for ImageNet).
+    F_j       forgetting of task j = how much worse it got from the end of its own training to the end of the run:
+              R[j][j] - R[-1][j] (success) or R[-1][j] - R[j][j] (FID); F = mean_j F_j over j < last task
+              (Section 4.1/4.2; Continual World's definition, Wolczyk et al. 2021). CW10 tables print F in
+              percentage points (paper: "4.4").
+    steps-to-threshold (Section 4.3, Table 2): for an evaluated task j with initial optimum ref = R[j][j], after
+              each later transition T_k, the first in-task step s (1-based: gradient updates since T_k) at which
+              SR_j >= alpha * ref (alpha in 0.99, 0.9, 0.8) or FID_j <= (1 + tau) * ref (tau in 0.1, 0.2, 0.3);
+              None ("—") if it is never met during task k. Steps are resolved at the evaluation points of
+              `eval_schedule` (2, 4, 6, 8, 10, 15, ..., 100, 150, ..., 1000, 2000, ...).
+
+summary.json (written by both training scripts with `build_summary`; read by `aggregate`)
+    schema_version        1
+    method                "finetune" | "ewc" | "replay" | "ftml" | "vrmcl" | "tr"
+    seed                  int
+    experiment            "cw10" | "imagenet"
+    task_names            list of n_tasks names, in training order
+    n_tasks_trained       rows of R (tasks finished; < n_tasks for a truncated run)
+    score_name            "success" (fraction in [0, 1]) | "fid"
+    higher_is_better      true for success, false for FID
+    R                     the score matrix above, n_tasks_trained rows of n_tasks entries (None above the diagonal)
+    average               Table 1 SR / AFID (same unit as R)
+    forgetting            Table 1 F (same unit as R; None with a single task)
+    per_task_forgetting   [F_0, ..., F_{t-2}]
+    thresholds            alphas (success) or taus (FID) of Table 2
+    reconvergence         {"T<j+1>": {str(threshold): {"T<k+1>": steps | None, ...}}} for every evaluated task j
+                          whose curve was logged ("T1" = Table 2; the others = Appendix D Tables 8-23)
+    task1_curve           [[global_step, score], ...] of Task 1 (Figure 2), global_step = gradient updates so far
+    transitions           global steps at which tasks 2, 3, ... begin (Figure 2's dashed lines)
+    extra                 free dict (e.g. FID extractor name, is_proxy, wall time)
+
+Deviations from the paper
+    - Table 2 with several seeds: paper: a single number per cell, rule unstated; here: the mean over the seeds
+      that re-converged, shown as "—" when fewer than half of the seeds re-converged and suffixed "(k/n)" when
+      only k of n did (`aggregate_steps`).
+    - Appendix D entries such as 16, 46, 5001 look like eval-schedule points + 1; here every table reports the
+      in-task step count exactly as Table 2 does (2, 4, ..., 45, 5000).
+    - Table 1 with one seed prints "± —" (no standard error can be estimated).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+EXPERIMENTS = ("cw10", "imagenet")
+METHOD_ORDER = ("finetune", "ewc", "replay", "ftml", "vrmcl", "tr")  # paper Table 1 row order
+DISPLAY_NAMES = {"finetune": "Finetuning", "ewc": "EWC", "replay": "Replay", "ftml": "FTML", "vrmcl": "VRMCL",
+                 "tr": "Trust Region"}
+EXPERIMENT_TITLES = {"cw10": "CW10", "imagenet": "ImageNet-500"}
+SUCCESS_THRESHOLDS = (0.99, 0.9, 0.8)  # Table 2 alphas: SR_1 >= alpha * SR_1^(0)
+FID_THRESHOLDS = (0.1, 0.2, 0.3)  # Table 2 taus: FID_1 <= (1 + tau) * FID_1^(0)
+DASH = "—"
+SUMMARY_FIELDS = ("method", "seed", "experiment", "task_names", "n_tasks_trained", "score_name", "higher_is_better",
+                  "average", "forgetting", "thresholds", "reconvergence", "task1_curve", "transitions")
+
+
+# ----------------------------------------------------------------------------- atomic writes and the jsonl log
+
+def atomic_write_text(path, text):
+    """Write `text` to path + ".tmp", fsync, then os.replace: readers see the old file or the new one, never half."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")  # serialise first: a failure here touches no file
+
+
+def atomic_torch_save(obj, path):
+    import torch  # local: the aggregation CLI does not need torch
+
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_jsonl(path):
+    """Records of a jsonl file; a partial last line (process killed mid-write) is skipped."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # torn final write
+            if line.strip():
+                records.append(json.loads(line))
+    return records
+
+
+class JsonlLogger:
+    """Append-only metrics.jsonl: one JSON object per line, flushed and fsynced at every `log`.
+
+    A run killed mid-write leaves a partial last line; opening the logger drops it, so new records never glue
+    onto it. On resume from a checkpoint at global step g, `truncate_after(g)` drops the records logged after
+    the checkpoint (they will be logged again), so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        if os.path.exists(self.path):
+            with open(self.path, "rb") as f:
+                data = f.read()
+            if data and not data.endswith(b"\n"):
+                atomic_write_text(self.path, data[: data.rfind(b"\n") + 1].decode("utf-8"))
+
+    def log(self, record):
+        line = json.dumps(record) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate_after(self, global_step):
+        """Keep records with no "global_step" or record["global_step"] <= global_step; rewrite atomically."""
+        if not os.path.exists(self.path):
+            return
+        kept = [r for r in read_jsonl(self.path) if r.get("global_step", -math.inf) <= global_step]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+# ----------------------------------------------------------------------------- evaluation schedule, Table 1
+
+def eval_schedule(steps_per_task, dense=True):
+    """In-task step counts (1-based, since the task transition) at which the evaluated task(s) are scored.
+
+    dense: 2, 4, 6, 8, 10, then every 5 to 100, every 50 to 1000, every 1000 after (the granularity of the
+    paper's Table 2 entries: 2, 4, 15, 35, 550, 10000), capped at steps_per_task, always ending with it.
+    dense=False: only the end of the task (enough for Table 1, not for Table 2).
+    """
+    if not isinstance(steps_per_task, int) or steps_per_task < 1:
+        raise ValueError(f"steps_per_task must be a positive int, got {steps_per_task!r}")
+    if not dense:
+        return [steps_per_task]
+    points = [2, 4, 6, 8, 10, *range(15, 101, 5), *range(150, 1001, 50), *range(2000, steps_per_task + 1, 1000)]
+    return sorted({s for s in points if s <= steps_per_task} | {steps_per_task})
+
+
+def empty_matrix(n_tasks):
+    """An n_tasks x n_tasks score matrix of None, to be filled row by row (R[i][j], j <= i)."""
+    return [[None] * n_tasks for _ in range(n_tasks)]
+
+
+def _check_matrix(R):
+    if not R or any(len(row) < i + 1 for i, row in enumerate(R)):
+        raise ValueError("score matrix R must have rows 0..t-1 with row i holding at least i + 1 scores")
+    for i, row in enumerate(R):
+        if any(not isinstance(row[j], (int, float)) for j in range(i + 1)):
+            raise ValueError(f"score matrix R row {i} has a missing score at or below the diagonal")
+
+
+def table1(R, higher_is_better):
+    """Table 1: final average score and forgetting over the t = len(R) tasks trained so far."""
+    _check_matrix(R)
+    last = len(R) - 1
+    average = float(np.mean([R[last][j] for j in range(last + 1)]))
+    sign = 1.0 if higher_is_better else -1.0
+    per_task = [sign * (R[j][j] - R[last][j]) for j in range(last)]  # F_j: drop (success) or rise (FID)
+    forgetting = float(np.mean(per_task)) if per_task else None
+    return {"average": average, "forgetting": forgetting, "per_task_forgetting": [float(f) for f in per_task]}
+
+
+# ----------------------------------------------------------------------------- Table 2: steps to threshold
+
+def meets_target(score, ref, threshold, higher_is_better):
+    """SR >= alpha * SR0 (success) or FID <= (1 + tau) * FID0 (FID): Section 4.3."""
+    if higher_is_better:
+        return score >= threshold * ref
+    return score <= (1.0 + threshold) * ref
+
+
+def reconvergence(curves, transitions, ref, thresholds, higher_is_better, task=0):
+    """Steps to re-converge task `task` (0-based; Task 1 by default) after each later transition.
+
+    curves: (global_step, in_task_step, training_task_index, score) evaluations of that one task;
+    transitions: global steps at which training tasks 1, 2, ... (0-based) begin, so tasks 0..len(transitions)
+    were trained. Returns {str(threshold): {"T<k+1>": first in_task_step during task k meeting the target, or
+    None}} for every k in task+1..len(transitions).
+    """
+    if any(b <= a for a, b in zip([0, *transitions], transitions)):
+        raise ValueError(f"transitions must be positive and increasing, got {transitions}")
+    n_trained = len(transitions) + 1
+    by_task = {k: [] for k in range(task + 1, n_trained)}
+    for _, in_task_step, k, score in curves:
+        if k >= n_trained:
+            raise ValueError(f"curve point in training task {k} but only {len(transitions)} transitions given")
+        if k in by_task:
+            by_task[k].append((in_task_step, score))
+    table = {}
+    for threshold in thresholds:
+        row = {}
+        for k, points in by_task.items():
+            hits = [s for s, score in sorted(points) if meets_target(score, ref, threshold, higher_is_better)]
+            row[f"T{k + 1}"] = hits[0] if hits else None  # the first crossing, even if it is lost again later
+        table[str(threshold)] = row
+    return table
+
+
+def aggregate_steps(values):
+    """One Table 2 cell over seeds: mean of those that re-converged; "—" if fewer than half did; "(k/n)" if k < n."""
+    done = [v for v in values if v is not None]
+    if not done or 2 * len(done) < len(values):
+        return DASH
+    cell = f"{np.mean(done):.0f}"
+    return cell if len(done) == len(values) else f"{cell} ({len(done)}/{len(values)})"
+
+
+def threshold_label(threshold, higher_is_better):
+    return f"{threshold * 100:g}%" if higher_is_better else f"+{threshold * 100:g}%"
+
+
+def table2_markdown(rows, thresholds, higher_is_better, title="Task 1"):
+    """Paper Table 2 layout. rows: {label: [reconvergence table per seed]} (one entry = one run)."""
+    tasks = sorted({k for tables in rows.values() for t in tables for k in t[str(thresholds[0])]},
+                   key=lambda name: int(name[1:]))
+    header = ["Method"] + [f"{threshold_label(th, higher_is_better)} {k}" for th in thresholds for k in tasks]
+    lines = [f"Steps to re-converge {title} (in-task gradient updates after each transition; {DASH} = never)", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, tables in rows.items():
+        cells = [aggregate_steps([t[str(th)].get(k) for t in tables]) for th in thresholds for k in tasks]
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- Table 1 markdown, Figure 2
+
+def mean_se(values):
+    """Mean and standard error std(ddof=1)/sqrt(n); se is None for a single value."""
+    values = np.asarray(values, dtype=np.float64)
+    se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+    return float(values.mean()), se
+
+
+def _pm(values, scale, unit=""):
+    values = [v for v in values if v is not None]
+    if not values:
+        return DASH
+    mean, se = mean_se(np.asarray(values) * scale)
+    return f"{mean:.1f}{unit} ± {DASH if se is None else f'{se:.1f}'}"
+
+
+def table1_markdown(rows, score_name, title=""):
+    """Paper Table 1 for one experiment. rows: {label: [table1 dict per seed]}; success printed in percent."""
+    success = score_name == "success"
+    scale, unit = (100.0, "%") if success else (1.0, "")
+    head = ["Method", "SR ↑" if success else "AFID ↓", "F ↓", "seeds"]
+    lines = [f"### {title}" if title else "", "", "| " + " | ".join(head) + " |", "|---|---|---|---|"]
+    for label, results in rows.items():
+        average = _pm([r["average"] for r in results], scale, unit)
+        forgetting = _pm([r["forgetting"] for r in results], scale)
+        lines.append(f"| {label} | {average} | {forgetting} | {len(results)} |")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def mean_curve(curves):
+    """(xs, mean, se) over seeds if all curves share the same global steps, else None. se is 0 for one seed."""
+    xs = [tuple(x for x, _ in c) for c in curves]
+    if any(x != xs[0] for x in xs):
+        return None
+    ys = np.asarray([[y for _, y in c] for c in curves], dtype=np.float64)  # (seeds, points)
+    se = ys.std(axis=0, ddof=1) / math.sqrt(len(curves)) if len(curves) > 1 else np.zeros(ys.shape[1])
+    return np.asarray(xs[0]), ys.mean(axis=0), se
+
+
+def plot_figure2(series, transitions, path, ylabel, title, bands=None):
+    """Figure 2: evaluated-task score vs global gradient step, gray dashed lines at task transitions.
+
+    series: {label: [(global_step, score), ...]}; bands: optional {label: [se per point]} drawn as mean ± se.
+    """
+    import matplotlib  # local: Agg is set here so importing this module never touches the matplotlib backend
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for label, points in series.items():
+        xs = np.asarray([x for x, _ in points], dtype=np.float64)
+        ys = np.asarray([y for _, y in points], dtype=np.float64)
+        line, = ax.plot(xs, ys, label=label, linewidth=1.2)
+        if bands and label in bands:
+            se = np.asarray(bands[label], dtype=np.float64)
+            ax.fill_between(xs, ys - se, ys + se, color=line.get_color(), alpha=0.25, linewidth=0)
+    for step in transitions:
+        ax.axvline(step, color="gray", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("gradient update steps")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    tmp = os.fspath(path) + ".tmp"
+    fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- summary.json
+
+def build_summary(method, seed, experiment, task_names, R, higher_is_better, curve, transitions, thresholds,
+                  extra=None, task_curves=None):
+    """The summary.json dict (schema in the module docstring).
+
+    curve: Task-1 evaluations (global_step, in_task_step, training_task_index, score); task_curves: optional
+    {j: same for task j} to also fill the Appendix D tables of the other tasks.
+    """
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {experiment!r}")
+    if higher_is_better != (experiment == "cw10"):
+        raise ValueError(f"higher_is_better={higher_is_better} does not match experiment {experiment!r}")
+    if len(R) > len(task_names):
+        raise ValueError(f"R has {len(R)} rows but only {len(task_names)} task names")
+    result = table1(R, higher_is_better)
+    curves = {0: curve, **{int(j): c for j, c in (task_curves or {}).items()}}
+    reconv = {f"T{j + 1}": reconvergence(c, transitions, R[j][j], thresholds, higher_is_better, task=j)
+              for j, c in sorted(curves.items()) if j < len(R) and c}
+    return {
+        "schema_version": 1, "method": method, "seed": int(seed), "experiment": experiment,
+        "task_names": list(task_names), "n_tasks_trained": len(R),
+        "score_name": "success" if higher_is_better else "fid", "higher_is_better": bool(higher_is_better),
+        "R": [[None if v is None else float(v) for v in row] for row in R],
+        **result, "thresholds": [float(t) for t in thresholds], "reconvergence": reconv,
+        "task1_curve": [[int(g), float(s)] for g, _, _, s in curve],
+        "transitions": [int(t) for t in transitions], "extra": dict(extra or {}),
+    }
+
+
+# ----------------------------------------------------------------------------- aggregation CLI
+
+def load_summaries(run_dirs):
+    """summary.json of each run dir, grouped {experiment: {method: [summary, ...]}} in the paper's order."""
+    groups = {}
+    for run_dir in run_dirs:
+        path = os.path.join(run_dir, "summary.json")
+        if not os.path.isfile(path):
+            raise ValueError(f"missing {path}")
+        with open(path, encoding="utf-8") as f:
+            s = json.load(f)
+        missing = [k for k in SUMMARY_FIELDS if k not in s]
+        if missing or s["experiment"] not in EXPERIMENTS:
+            raise ValueError(f"{path} is not a summary.json of this project (missing {missing or 'experiment'})")
+        groups.setdefault(s["experiment"], {}).setdefault(s["method"], []).append(s)
+    keyed = lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)  # noqa: E731
+    for experiment, by_method in groups.items():
+        runs = [s for ss in by_method.values() for s in ss]
+        for key in ("task_names", "score_name", "thresholds", "n_tasks_trained"):
+            if any(s[key] != runs[0][key] for s in runs):
+                raise ValueError(f"runs of {experiment!r} disagree on {key!r}: cannot aggregate them")
+        for method, ss in by_method.items():
+            seeds = [s["seed"] for s in ss]
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"{experiment}/{method}: the same seed appears twice ({sorted(seeds)})")
+        groups[experiment] = {m: by_method[m] for m in sorted(by_method, key=keyed)}
+    return groups
+
+
+def aggregate(run_dirs, out_dir):
+    """Write out_dir/table1.md, out_dir/table2.md and out_dir/figure2_<experiment>.png; returns the paths."""
+    groups = load_summaries(run_dirs)
+    name = lambda m: DISPLAY_NAMES.get(m, m)  # noqa: E731
+    t1, t2, written = ["# Table 1: final average score and forgetting (mean ± s.e. over seeds)\n"], [], []
+    for experiment, by_method in groups.items():
+        first = next(iter(by_method.values()))[0]
+        hib, thresholds, title = first["higher_is_better"], first["thresholds"], EXPERIMENT_TITLES[experiment]
+        t1.append(table1_markdown({name(m): ss for m, ss in by_method.items()}, first["score_name"], title))
+        t2.append(f"# Table 2 ({title})\n")
+        evaluated = set.intersection(*[set(s["reconvergence"]) for ss in by_method.values() for s in ss])
+        for task in sorted(evaluated, key=lambda n: int(n[1:])):
+            rows = {name(m): [s["reconvergence"][task] for s in ss] for m, ss in by_method.items()}
+            t2.append(table2_markdown(rows, thresholds, hib, title=f"Task {task[1:]} ({title})"))
+        series, bands = {}, {}
+        for m, ss in by_method.items():
+            agg = mean_curve([s["task1_curve"] for s in ss])
+            if agg is None:  # seeds evaluated at different steps: draw each seed
+                for s in ss:
+                    series[f"{name(m)} (seed {s['seed']})"] = s["task1_curve"]
+            else:
+                xs, mean, se = agg
+                series[name(m)], bands[name(m)] = list(zip(xs, mean)), se
+        png = os.path.join(out_dir, f"figure2_{experiment}.png")
+        ylabel = "Task 1 success rate" if hib else "Task 1 FID"
+        plot_figure2(series, first["transitions"], png, ylabel, f"{title}: Task 1 over continual training", bands)
+        written.append(png)
+    atomic_write_text(os.path.join(out_dir, "table1.md"), "\n".join(t1))
+    atomic_write_text(os.path.join(out_dir, "table2.md"), "\n".join(t2))
+    return [os.path.join(out_dir, "table1.md"), os.path.join(out_dir, "table2.md"), *written]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Aggregate runs/<name>/summary.json into Table 1, Table 2 and "
+                                                 "Figure 2 (mean ± standard error over seeds).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    agg = sub.add_parser("aggregate", help="aggregate run directories")
+    agg.add_argument("run_dirs", nargs="+", help="run directories, each holding a summary.json")
+    agg.add_argument("--out", required=True, help="output directory")
+    args = parser.parse_args(argv)
+    try:
+        for path in aggregate(args.run_dirs, args.out):
+            print(f"wrote {path}")
+    except ValueError as e:  # includes json.JSONDecodeError
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Tests for metrics.py: Table 1 and Table 2 on hand-made data, run files, Figure 2 and the aggregation CLI."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+import metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N = None
+
+
+# ----------------------------------------------------------------------------- Table 1
+
+def test_table1_success_drop_is_forgetting():
+    R = [[0.9, N, N], [0.5, 0.8, N], [0.3, 0.6, 1.0]]
+    out = metrics.table1(R, higher_is_better=True)
+    assert out["average"] == pytest.approx((0.3 + 0.6 + 1.0) / 3)
+    assert out["per_task_forgetting"] == pytest.approx([0.6, 0.2])  # R[j][j] - R[-1][j], last task excluded
+    assert out["forgetting"] == pytest.approx(0.4)
+
+
+def test_table1_fid_rise_is_forgetting_and_improvement_is_negative():
+    R = [[40.0, N, N], [60.0, 50.0, N], [70.0, 45.0, 30.0]]
+    out = metrics.table1(R, higher_is_better=False)
+    assert out["average"] == pytest.approx((70 + 45 + 30) / 3)
+    assert out["per_task_forgetting"] == pytest.approx([30.0, -5.0])  # R[-1][j] - R[j][j]
+    assert out["forgetting"] == pytest.approx(12.5)
+
+
+def test_table1_partial_run_single_task_and_bad_matrix():
+    R = metrics.empty_matrix(4)[:2]
+    R[0][0], R[1][0], R[1][1] = 1.0, 0.5, 0.7  # two of four tasks trained
+    assert metrics.table1(R, True)["forgetting"] == pytest.approx(0.5)
+    assert metrics.table1([[0.8]], True) == {"average": 0.8, "forgetting": None, "per_task_forgetting": []}
+    with pytest.raises(ValueError, match="missing score"):
+        metrics.table1([[0.8, N], [0.3, N]], True)
+
+
+# ----------------------------------------------------------------------------- Table 2
+
+def _curve(points_by_task, steps_per_task=100):
+    """(global_step, in_task_step, task, score) from {task: [(in_task_step, score), ...]}."""
+    return [(k * steps_per_task + s, s, k, y) for k, pts in points_by_task.items() for s, y in pts]
+
+
+def test_reconvergence_success_known_answers():
+    curve = _curve({
+        0: [(50, 0.6), (100, 1.0)],
+        1: [(2, 0.5), (4, 0.85), (6, 0.95), (8, 0.7), (100, 0.97)],  # 0.8 at 4, 0.9 at 6, 0.99 never
+        2: [(2, 0.99), (4, 0.1), (100, 0.2)],  # first crossing counts even if lost later
+        3: [(2, 0.1), (100, 0.2)],  # never
+    })
+    out = metrics.reconvergence(curve[::-1], [100, 200, 300], ref=1.0, thresholds=(0.99, 0.9, 0.8),
+                                higher_is_better=True)
+    assert out == {"0.99": {"T2": None, "T3": 2, "T4": None},
+                   "0.9": {"T2": 6, "T3": 2, "T4": None},
+                   "0.8": {"T2": 4, "T3": 2, "T4": None}}
+
+
+def test_reconvergence_fid_known_answers_and_later_task():
+    curve = _curve({1: [(2, 80.0), (10, 58.0), (15, 54.0), (100, 60.0)],
+                    2: [(2, 64.0), (100, 66.0)],
+                    3: [(2, 90.0), (1000, 55.0)]}, steps_per_task=1000)
+    out = metrics.reconvergence(curve, [1000, 2000, 3000], ref=50.0, thresholds=(0.1, 0.2, 0.3),
+                                higher_is_better=False)
+    assert out["0.1"] == {"T2": 15, "T3": None, "T4": 1000}  # the task's last step is still in that task
+    assert out["0.2"] == {"T2": 10, "T3": None, "T4": 1000}
+    assert out["0.3"] == {"T2": 10, "T3": 2, "T4": 1000}
+    later = metrics.reconvergence(curve, [1000, 2000, 3000], 50.0, (0.3,), False, task=1)  # App. D: task 2
+    assert later == {"0.3": {"T3": 2, "T4": 1000}}
+
+
+def test_reconvergence_rejects_bad_transitions():
+    with pytest.raises(ValueError, match="transitions"):
+        metrics.reconvergence([], [0, 100], 1.0, (0.9,), True)
+    with pytest.raises(ValueError, match="training task 2"):
+        metrics.reconvergence([(150, 50, 2, 1.0)], [100], 1.0, (0.9,), True)
+
+
+def test_aggregate_steps_rule_and_markdown_dash():
+    assert metrics.aggregate_steps([4, 6]) == "5"
+    assert metrics.aggregate_steps([4, None]) == "4 (1/2)"
+    assert metrics.aggregate_steps([None, None, 4]) == "—"
+    assert metrics.aggregate_steps([None]) == "—"
+    tables = [{"0.9": {"T2": 4, "T3": None}}, {"0.9": {"T2": 6, "T3": None}}]
+    md = metrics.table2_markdown({"Trust Region": tables}, [0.9], True)
+    assert "| Method | 90% T2 | 90% T3 |" in md and "| Trust Region | 5 | — |" in md
+    md_fid = metrics.table2_markdown({"EWC": [{"0.1": {"T2": None}}]}, [0.1], False)
+    assert "+10% T2" in md_fid and "| EWC | — |" in md_fid
+
+
+def test_table1_markdown_percent_and_single_seed():
+    rows = {"Trust Region": [{"average": 0.88, "forgetting": 0.04}, {"average": 0.89, "forgetting": 0.05}],
+            "EWC": [{"average": 0.176, "forgetting": 0.737}]}
+    md = metrics.table1_markdown(rows, "success", "CW10")
+    assert "| Trust Region | 88.5% ± 0.5 | 4.5 ± 0.5 | 2 |" in md  # s.e. = std(ddof=1)/sqrt(n) = 0.5
+    assert "| EWC | 17.6% ± — | 73.7 ± — | 1 |" in md
+    md = metrics.table1_markdown({"Replay": [{"average": 53.4, "forgetting": None}]}, "fid")
+    assert "| Replay | 53.4 ± — | — | 1 |" in md
+
+
+def test_mean_se_and_mean_curve():
+    mean, se = metrics.mean_se([1.0, 2.0, 3.0])
+    assert mean == 2.0 and se == pytest.approx(1.0 / math.sqrt(3))
+    xs, m, s = metrics.mean_curve([[[0, 1.0], [10, 3.0]], [[0, 3.0], [10, 3.0]]])
+    assert list(xs) == [0, 10] and list(m) == [2.0, 3.0] and list(s) == [1.0, 0.0]
+    assert metrics.mean_curve([[[0, 1.0]], [[5, 1.0]]]) is None
+
+
+# ----------------------------------------------------------------------------- eval schedule
+
+def test_eval_schedule_values():
+    s = metrics.eval_schedule(10_000)
+    assert s[:8] == [2, 4, 6, 8, 10, 15, 20, 25]
+    assert {95, 100, 150, 550, 1000, 2000, 10_000} <= set(s) and 105 not in s and 1500 not in s
+    assert s == sorted(set(s)) and s[-1] == 10_000
+    assert metrics.eval_schedule(123)[-3:] == [95, 100, 123]  # capped, always ends at steps_per_task
+    assert metrics.eval_schedule(100)[-2:] == [95, 100]  # no duplicate when the cap is a schedule point
+    assert metrics.eval_schedule(7) == [2, 4, 6, 7]
+    assert metrics.eval_schedule(1) == [1]
+    assert metrics.eval_schedule(500, dense=False) == [500]
+    with pytest.raises(ValueError, match="steps_per_task"):
+        metrics.eval_schedule(0)
+
+
+# ----------------------------------------------------------------------------- run files
+
+def test_jsonl_truncate_after_partial_trailing_line(tmp_path):
+    path = tmp_path / "run" / "metrics.jsonl"
+    log = metrics.JsonlLogger(path)
+    log.log({"event": "start"})  # no global_step: always kept
+    for g in range(1, 6):
+        log.log({"global_step": g, "loss": 1.0 / g})
+    with open(path, "a") as f:
+        f.write('{"global_step": 6, "lo')  # SIGKILL mid-write
+    assert [r.get("global_step") for r in metrics.read_jsonl(path)] == [None, 1, 2, 3, 4, 5]
+    log.truncate_after(3)
+    assert [r.get("global_step") for r in metrics.read_jsonl(path)] == [None, 1, 2, 3]
+    log.log({"global_step": 4, "loss": 0.25})
+    assert [r.get("global_step") for r in metrics.read_jsonl(path)] == [None, 1, 2, 3, 4]
+
+
+def test_jsonl_logger_reopen_drops_partial_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"global_step": 1}\n{"global_st')
+    metrics.JsonlLogger(path).log({"global_step": 2})
+    assert path.read_text() == '{"global_step": 1}\n{"global_step": 2}\n'
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("boom during serialisation")
+
+
+def test_atomic_writes_never_leave_half_files(tmp_path):
+    path = tmp_path / "sub" / "summary.json"
+    metrics.atomic_write_json(path, {"a": 1})
+    with pytest.raises(TypeError):
+        metrics.atomic_write_json(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    torch = pytest.importorskip("torch")
+    ckpt = tmp_path / "ckpt.pt"
+    metrics.atomic_torch_save({"w": torch.ones(3)}, ckpt)
+    with pytest.raises(RuntimeError, match="boom"):  # fails after the tensor bytes are already written
+        metrics.atomic_torch_save({"w": torch.zeros(1000), "bad": _Unpicklable()}, ckpt)
+    assert torch.equal(torch.load(ckpt)["w"], torch.ones(3))
+    metrics.atomic_write_text(tmp_path / "t.md", "hi\n")
+    assert sorted(p.name for p in tmp_path.rglob("*.tmp")) == []
+
+
+def test_plot_figure2_writes_png(tmp_path):
+    path = tmp_path / "fig.png"
+    series = {"Replay": [(0, 0.1), (100, 0.9), (150, 0.4)], "Trust Region": [(0, 0.1), (100, 0.95), (150, 0.8)]}
+    metrics.plot_figure2(series, [100], path, "Task 1 success rate", "CW10", bands={"Replay": [0.0, 0.1, 0.1]})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- summary + aggregation CLI
+
+def _write_run(root, method, seed, experiment="cw10", task_names=("a", "b", "c")):
+    hib = experiment == "cw10"
+    good, bad = (0.9, 0.2) if hib else (40.0, 90.0)
+    R = [[good, N, N], [bad, good, N], [good - 0.05 * seed if hib else good + seed, bad, good]]
+    back = good if method != "finetune" else bad  # finetuning never re-converges here
+    curve = [(0, 0, 0, bad), (100, 100, 0, good), (102, 2, 1, bad), (110, 10, 1, back), (200, 100, 1, back),
+             (202, 2, 2, back), (300, 100, 2, bad)]
+    thresholds = metrics.SUCCESS_THRESHOLDS if hib else metrics.FID_THRESHOLDS
+    summary = metrics.build_summary(method, seed, experiment, list(task_names), R, hib, curve, [100, 200],
+                                    thresholds, extra={"is_proxy": True},
+                                    task_curves={1: [(202, 2, 2, back), (300, 100, 2, back)]})
+    run_dir = root / f"{experiment}_{method}_s{seed}"
+    metrics.atomic_write_json(run_dir / "summary.json", summary)
+    return str(run_dir)
+
+
+def test_build_summary_schema(tmp_path):
+    run = _write_run(tmp_path, "tr", 1)
+    s = json.loads(open(os.path.join(run, "summary.json")).read())
+    assert set(metrics.SUMMARY_FIELDS) <= set(s) and s["score_name"] == "success"
+    assert s["reconvergence"]["T1"]["0.9"] == {"T2": 10, "T3": 2}
+    assert s["reconvergence"]["T2"]["0.9"] == {"T3": 2}
+    assert s["task1_curve"][1] == [100, 0.9] and s["transitions"] == [100, 200]
+    with pytest.raises(ValueError, match="higher_is_better"):
+        metrics.build_summary("tr", 0, "imagenet", ["a"], [[1.0]], True, [], [], (0.1,))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "metrics.py"), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_aggregate_cli_two_seeds_per_method(tmp_path):
+    runs = [_write_run(tmp_path, m, seed, exp) for exp in ("cw10", "imagenet") for m in ("tr", "finetune")
+            for seed in (1, 2)]
+    out = tmp_path / "agg"
+    res = _cli("aggregate", *runs, "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    t1 = (out / "table1.md").read_text()
+    assert t1.index("Finetuning") < t1.index("Trust Region")  # paper order, not argument order
+    # final rows (0.9 - 0.05 seed, 0.2, 0.9): SR 64.2% +- 0.8; F = (0.05 seed + 0.7) / 2 -> 38.8 +- 1.2 points
+    assert "| Trust Region | 64.2% ± 0.8 | 38.8 ± 1.2 | 2 |" in t1
+    assert "| Trust Region | 57.2 ± 0.2 | 25.8 ± 0.2 | 2 |" in t1  # ImageNet: FID final rows (40 + seed, 90, 40)
+    t2 = (out / "table2.md").read_text()
+    assert t2.count("| Trust Region | 10 | 2 | 10 | 2 | 10 | 2 |") == 2  # Task 1, 3 thresholds x (T2, T3)
+    assert t2.count("| Finetuning | — | — | — | — | — | — |") == 2
+    assert "| Finetuning | — | — | — |" in t2.split("Task 2 (CW10)")[1]
+    for exp in ("cw10", "imagenet"):
+        assert (out / f"figure2_{exp}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_aggregate_cli_bad_input_exit_2(tmp_path):
+    good = _write_run(tmp_path, "tr", 1)
+    res = _cli("aggregate", good, str(tmp_path / "nope"), "--out", str(tmp_path / "agg"))
+    assert res.returncode == 2 and "error: missing" in res.stderr
+    other = _write_run(tmp_path, "ewc", 1, task_names=("x", "y", "z"))
+    res = _cli("aggregate", good, other, "--out", str(tmp_path / "agg"))
+    assert res.returncode == 2 and "disagree on 'task_names'" in res.stderr
+    res = _cli("aggregate", good, good, "--out", str(tmp_path / "agg"))
+    assert res.returncode == 2 and "same seed" in res.stderr
