@@ -15,7 +15,8 @@ Notation
               each later transition T_k, the first in-task step s (1-based: gradient updates since T_k) at which
               SR_j >= alpha * ref (alpha in 0.99, 0.9, 0.8) or FID_j <= (1 + tau) * ref (tau in 0.1, 0.2, 0.3);
               None ("—") if it is never met during task k. Steps are resolved at the evaluation points of
-              `eval_schedule` (2, 4, 6, 8, 10, 15, ..., 100, 150, ..., 1000, 2000, ...).
+              `eval_schedule` (2, 4, 6, 8, 10, 15, ..., 100, 150, ..., 1000, 2000, ...). With SR0 = 0 (task
+              never learned) every success target is met at the first evaluation.
 
 summary.json (written by both training scripts with `build_summary`; read by `aggregate`)
     schema_version        1
@@ -23,7 +24,7 @@ summary.json (written by both training scripts with `build_summary`; read by `ag
     seed                  int
     experiment            "cw10" | "imagenet"
     task_names            list of n_tasks names, in training order
-    n_tasks_trained       rows of R (tasks finished; < n_tasks for a truncated run)
+    n_tasks_trained       rows of R (tasks finished; < n_tasks for a truncated run: all-None rows are dropped)
     score_name            "success" (fraction in [0, 1]) | "fid"
     higher_is_better      true for success, false for FID
     R                     the score matrix above, n_tasks_trained rows of n_tasks entries (None above the diagonal)
@@ -35,7 +36,8 @@ summary.json (written by both training scripts with `build_summary`; read by `ag
                           whose curve was logged ("T1" = Table 2; the others = Appendix D Tables 8-23)
     task1_curve           [[global_step, score], ...] of Task 1 (Figure 2), global_step = gradient updates so far
     transitions           global steps at which tasks 2, 3, ... begin (Figure 2's dashed lines)
-    extra                 free dict (e.g. FID extractor name, is_proxy, wall time)
+    extra                 free dict (e.g. wall time, preset); "fid_extractor" and "is_proxy" (fid.py's extractor
+                          name and proxy flag), when present, must agree across aggregated runs
 
 Deviations from the paper
     - Table 2 with several seeds: paper: a single number per cell, rule unstated; here: the mean over the seeds
@@ -48,6 +50,7 @@ Deviations from the paper
 import argparse
 import json
 import math
+import numbers
 import os
 import sys
 
@@ -61,6 +64,7 @@ EXPERIMENT_TITLES = {"cw10": "CW10", "imagenet": "ImageNet-500"}
 SUCCESS_THRESHOLDS = (0.99, 0.9, 0.8)  # Table 2 alphas: SR_1 >= alpha * SR_1^(0)
 FID_THRESHOLDS = (0.1, 0.2, 0.3)  # Table 2 taus: FID_1 <= (1 + tau) * FID_1^(0)
 DASH = "—"
+COMPARABILITY_EXTRA = ("fid_extractor", "is_proxy")  # extra fields that must agree across aggregated runs
 SUMMARY_FIELDS = ("method", "seed", "experiment", "task_names", "n_tasks_trained", "score_name", "higher_is_better",
                   "average", "forgetting", "thresholds", "reconvergence", "task1_curve", "transitions")
 
@@ -144,7 +148,7 @@ class JsonlLogger:
         """Keep records with no "global_step" or record["global_step"] <= global_step; rewrite atomically."""
         if not os.path.exists(self.path):
             return
-        kept = [r for r in read_jsonl(self.path) if r.get("global_step", -math.inf) <= global_step]
+        kept = [r for r in read_jsonl(self.path) if r.get("global_step") is None or r["global_step"] <= global_step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
@@ -170,17 +174,22 @@ def empty_matrix(n_tasks):
     return [[None] * n_tasks for _ in range(n_tasks)]
 
 
-def _check_matrix(R):
+def trained_rows(R):
+    """R without its trailing all-None rows (tasks not trained yet), checked: row i has scores for tasks 0..i."""
+    R = list(R)
+    while R and all(v is None for v in R[-1]):
+        R.pop()
     if not R or any(len(row) < i + 1 for i, row in enumerate(R)):
         raise ValueError("score matrix R must have rows 0..t-1 with row i holding at least i + 1 scores")
     for i, row in enumerate(R):
-        if any(not isinstance(row[j], (int, float)) for j in range(i + 1)):
+        if any(not isinstance(row[j], numbers.Real) for j in range(i + 1)):
             raise ValueError(f"score matrix R row {i} has a missing score at or below the diagonal")
+    return R
 
 
 def table1(R, higher_is_better):
-    """Table 1: final average score and forgetting over the t = len(R) tasks trained so far."""
-    _check_matrix(R)
+    """Table 1: final average score and forgetting over the t tasks trained so far (rows of `trained_rows(R)`)."""
+    R = trained_rows(R)
     last = len(R) - 1
     average = float(np.mean([R[last][j] for j in range(last + 1)]))
     sign = 1.0 if higher_is_better else -1.0
@@ -220,7 +229,7 @@ def reconvergence(curves, transitions, ref, thresholds, higher_is_better, task=0
         row = {}
         for k, points in by_task.items():
             hits = [s for s, score in sorted(points) if meets_target(score, ref, threshold, higher_is_better)]
-            row[f"T{k + 1}"] = hits[0] if hits else None  # the first crossing, even if it is lost again later
+            row[f"T{k + 1}"] = int(hits[0]) if hits else None  # the first crossing, even if it is lost again later
         table[str(threshold)] = row
     return table
 
@@ -268,17 +277,19 @@ def _pm(values, scale, unit=""):
     return f"{mean:.1f}{unit} ± {DASH if se is None else f'{se:.1f}'}"
 
 
-def table1_markdown(rows, score_name, title=""):
+def table1_markdown(rows, score_name, title="", note=""):
     """Paper Table 1 for one experiment. rows: {label: [table1 dict per seed]}; success printed in percent."""
     success = score_name == "success"
     scale, unit = (100.0, "%") if success else (1.0, "")
     head = ["Method", "SR ↑" if success else "AFID ↓", "F ↓", "seeds"]
-    lines = [f"### {title}" if title else "", "", "| " + " | ".join(head) + " |", "|---|---|---|---|"]
+    lines = [f"### {title}", ""] if title else []
+    lines += [note, ""] if note else []
+    lines += ["| " + " | ".join(head) + " |", "|---|---|---|---|"]
     for label, results in rows.items():
         average = _pm([r["average"] for r in results], scale, unit)
         forgetting = _pm([r["forgetting"] for r in results], scale)
         lines.append(f"| {label} | {average} | {forgetting} | {len(results)} |")
-    return "\n".join(lines).lstrip("\n") + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def mean_curve(curves):
@@ -336,6 +347,7 @@ def build_summary(method, seed, experiment, task_names, R, higher_is_better, cur
         raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {experiment!r}")
     if higher_is_better != (experiment == "cw10"):
         raise ValueError(f"higher_is_better={higher_is_better} does not match experiment {experiment!r}")
+    R = trained_rows(R)
     if len(R) > len(task_names):
         raise ValueError(f"R has {len(R)} rows but only {len(task_names)} task names")
     result = table1(R, higher_is_better)
@@ -351,6 +363,26 @@ def build_summary(method, seed, experiment, task_names, R, higher_is_better, cur
         "task1_curve": [[int(g), float(s)] for g, _, _, s in curve],
         "transitions": [int(t) for t in transitions], "extra": dict(extra or {}),
     }
+
+
+def summary_markdown(summary):
+    """One run's summary.json as markdown: the score matrix R, its Table 1 row and Table 2 rows."""
+    success = summary["score_name"] == "success"
+    scale = 100.0 if success else 1.0
+    names = summary["task_names"]
+    lines = [f"# {summary['experiment']} / {DISPLAY_NAMES.get(summary['method'], summary['method'])} / "
+             f"seed {summary['seed']}", "",
+             f"R[i][j] = {'success rate (%)' if success else 'FID'} of task j after training task i", "",
+             "| after \\ task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for i, row in enumerate(summary["R"]):
+        cells = [DASH if v is None else f"{v * scale:.1f}" for v in row]
+        lines.append(f"| {names[i]} | " + " | ".join(cells) + " |")
+    label = DISPLAY_NAMES.get(summary["method"], summary["method"])
+    lines += ["", table1_markdown({label: [summary]}, summary["score_name"])]
+    for task, table in summary["reconvergence"].items():
+        lines.append(table2_markdown({label: [table]}, summary["thresholds"], summary["higher_is_better"],
+                                     title=f"Task {task[1:]}"))
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- aggregation CLI
@@ -371,9 +403,12 @@ def load_summaries(run_dirs):
     keyed = lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)  # noqa: E731
     for experiment, by_method in groups.items():
         runs = [s for ss in by_method.values() for s in ss]
-        for key in ("task_names", "score_name", "thresholds", "n_tasks_trained"):
+        for key in ("task_names", "score_name", "thresholds", "n_tasks_trained", "transitions"):
             if any(s[key] != runs[0][key] for s in runs):
                 raise ValueError(f"runs of {experiment!r} disagree on {key!r}: cannot aggregate them")
+        for key in COMPARABILITY_EXTRA:
+            if any(s.get("extra", {}).get(key) != runs[0].get("extra", {}).get(key) for s in runs):
+                raise ValueError(f"runs of {experiment!r} disagree on extra[{key!r}]: cannot aggregate them")
         for method, ss in by_method.items():
             seeds = [s["seed"] for s in ss]
             if len(set(seeds)) != len(seeds):
@@ -390,7 +425,10 @@ def aggregate(run_dirs, out_dir):
     for experiment, by_method in groups.items():
         first = next(iter(by_method.values()))[0]
         hib, thresholds, title = first["higher_is_better"], first["thresholds"], EXPERIMENT_TITLES[experiment]
-        t1.append(table1_markdown({name(m): ss for m, ss in by_method.items()}, first["score_name"], title))
+        extra = first.get("extra", {})
+        note = (f"FID-proxy (extractor {extra.get('fid_extractor')}): not comparable to published FID."
+                if extra.get("is_proxy") else "")
+        t1.append(table1_markdown({name(m): ss for m, ss in by_method.items()}, first["score_name"], title, note))
         t2.append(f"# Table 2 ({title})\n")
         evaluated = set.intersection(*[set(s["reconvergence"]) for ss in by_method.values() for s in ss])
         for task in sorted(evaluated, key=lambda n: int(n[1:])):
@@ -425,7 +463,7 @@ def main(argv=None):
     try:
         for path in aggregate(args.run_dirs, args.out):
             print(f"wrote {path}")
-    except ValueError as e:  # includes json.JSONDecodeError
+    except (ValueError, OSError) as e:  # ValueError includes json.JSONDecodeError
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
 

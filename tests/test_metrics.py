@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import metrics
@@ -32,10 +33,11 @@ def test_table1_fid_rise_is_forgetting_and_improvement_is_negative():
 
 
 def test_table1_partial_run_single_task_and_bad_matrix():
-    R = metrics.empty_matrix(4)[:2]
-    R[0][0], R[1][0], R[1][1] = 1.0, 0.5, 0.7  # two of four tasks trained
+    R = metrics.empty_matrix(4)
+    R[0][0], R[1][0], R[1][1] = 1.0, 0.5, 0.7  # two of four tasks trained: all-None rows are dropped
     assert metrics.table1(R, True)["forgetting"] == pytest.approx(0.5)
     assert metrics.table1([[0.8]], True) == {"average": 0.8, "forgetting": None, "per_task_forgetting": []}
+    assert metrics.table1([[np.float32(0.5)]], True)["average"] == 0.5  # numpy scalars are scores too
     with pytest.raises(ValueError, match="missing score"):
         metrics.table1([[0.8, N], [0.3, N]], True)
 
@@ -165,10 +167,15 @@ def test_atomic_writes_never_leave_half_files(tmp_path):
     torch = pytest.importorskip("torch")
     ckpt = tmp_path / "ckpt.pt"
     metrics.atomic_torch_save({"w": torch.ones(3)}, ckpt)
-    with pytest.raises(RuntimeError, match="boom"):  # fails after the tensor bytes are already written
+    with pytest.raises(RuntimeError, match="boom"):  # fails mid-serialisation
         metrics.atomic_torch_save({"w": torch.zeros(1000), "bad": _Unpicklable()}, ckpt)
     assert torch.equal(torch.load(ckpt)["w"], torch.ones(3))
     metrics.atomic_write_text(tmp_path / "t.md", "hi\n")
+    with pytest.MonkeyPatch.context() as mp:  # a crash after the bytes are written but before the rename
+        mp.setattr(metrics.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk gone")))
+        with pytest.raises(OSError, match="disk gone"):
+            metrics.atomic_write_text(tmp_path / "t.md", "new text\n")
+    assert (tmp_path / "t.md").read_text() == "hi\n"
     assert sorted(p.name for p in tmp_path.rglob("*.tmp")) == []
 
 
@@ -206,6 +213,10 @@ def test_build_summary_schema(tmp_path):
     assert s["task1_curve"][1] == [100, 0.9] and s["transitions"] == [100, 200]
     with pytest.raises(ValueError, match="higher_is_better"):
         metrics.build_summary("tr", 0, "imagenet", ["a"], [[1.0]], True, [], [], (0.1,))
+    numpy_curve = [(np.int64(12), np.int64(2), 1, np.float32(30.0))]  # numpy scalars still serialise
+    s = metrics.build_summary("tr", 0, "imagenet", ["a", "b"], [[np.float64(30.0), N], [31.0, 20.0]], False,
+                              numpy_curve, [10], metrics.FID_THRESHOLDS)
+    assert json.loads(json.dumps(s))["reconvergence"]["T1"]["0.1"] == {"T2": 2}
 
 
 def _cli(*args):
@@ -241,3 +252,22 @@ def test_aggregate_cli_bad_input_exit_2(tmp_path):
     assert res.returncode == 2 and "disagree on 'task_names'" in res.stderr
     res = _cli("aggregate", good, good, "--out", str(tmp_path / "agg"))
     assert res.returncode == 2 and "same seed" in res.stderr
+
+
+def test_aggregate_rejects_mixed_fid_extractors_and_notes_proxy(tmp_path):
+    a, b = _write_run(tmp_path, "tr", 1, "imagenet"), _write_run(tmp_path, "tr", 2, "imagenet")
+    for run, extractor in ((a, "inception"), (b, "proxy-randconv-v1")):
+        s = json.loads(open(os.path.join(run, "summary.json")).read())
+        s["extra"]["fid_extractor"] = extractor
+        metrics.atomic_write_json(os.path.join(run, "summary.json"), s)
+    with pytest.raises(ValueError, match="fid_extractor"):
+        metrics.load_summaries([a, b])
+    paths = metrics.aggregate([b], str(tmp_path / "agg"))  # one proxy run: labelled as such
+    assert "FID-proxy (extractor proxy-randconv-v1)" in open(paths[0]).read()
+
+
+def test_summary_markdown_shows_matrix_and_tables(tmp_path):
+    s = json.loads(open(os.path.join(_write_run(tmp_path, "finetune", 1), "summary.json")).read())
+    md = metrics.summary_markdown(s)
+    assert "| c | 85.0 | 20.0 | 90.0 |" in md and "| b | 20.0 | 90.0 | — |" in md
+    assert "| Finetuning | 65.0% ± — | 37.5 ± — | 1 |" in md and "Steps to re-converge Task 2" in md
