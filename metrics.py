@@ -36,8 +36,8 @@ summary.json (written by both training scripts with `build_summary`; read by `ag
                           whose curve was logged ("T1" = Table 2; the others = Appendix D Tables 8-23)
     task1_curve           [[global_step, score], ...] of Task 1 (Figure 2), global_step = gradient updates so far
     transitions           global steps at which tasks 2, 3, ... begin (Figure 2's dashed lines)
-    extra                 free dict (e.g. wall time, preset); "fid_extractor" and "is_proxy" (fid.py's extractor
-                          name and proxy flag), when present, must agree across aggregated runs
+    extra                 free dict (e.g. steps_per_task, sample counts); "dataset", "extractor" and "is_proxy"
+                          (fid.py's extractor name and proxy flag), when present, must agree across aggregated runs
 
 Deviations from the paper
     - Table 2 with several seeds: paper: a single number per cell, rule unstated; here: the mean over the seeds
@@ -64,7 +64,7 @@ EXPERIMENT_TITLES = {"cw10": "CW10", "imagenet": "ImageNet-500"}
 SUCCESS_THRESHOLDS = (0.99, 0.9, 0.8)  # Table 2 alphas: SR_1 >= alpha * SR_1^(0)
 FID_THRESHOLDS = (0.1, 0.2, 0.3)  # Table 2 taus: FID_1 <= (1 + tau) * FID_1^(0)
 DASH = "—"
-COMPARABILITY_EXTRA = ("fid_extractor", "is_proxy")  # extra fields that must agree across aggregated runs
+COMPARABILITY_EXTRA = ("dataset", "extractor", "is_proxy")  # extra fields that must agree across aggregated runs
 SUMMARY_FIELDS = ("method", "seed", "experiment", "task_names", "n_tasks_trained", "score_name", "higher_is_better",
                   "average", "forgetting", "thresholds", "reconvergence", "task1_curve", "transitions")
 
@@ -358,7 +358,7 @@ def build_summary(method, seed, experiment, task_names, R, higher_is_better, cur
         "schema_version": 1, "method": method, "seed": int(seed), "experiment": experiment,
         "task_names": list(task_names), "n_tasks_trained": len(R),
         "score_name": "success" if higher_is_better else "fid", "higher_is_better": bool(higher_is_better),
-        "R": [[None if v is None else float(v) for v in row] for row in R],
+        "R": [[None if v is None else float(v) for v in row] + [None] * (len(task_names) - len(row)) for row in R],
         **result, "thresholds": [float(t) for t in thresholds], "reconvergence": reconv,
         "task1_curve": [[int(g), float(s)] for g, _, _, s in curve],
         "transitions": [int(t) for t in transitions], "extra": dict(extra or {}),
@@ -426,7 +426,7 @@ def aggregate(run_dirs, out_dir):
         first = next(iter(by_method.values()))[0]
         hib, thresholds, title = first["higher_is_better"], first["thresholds"], EXPERIMENT_TITLES[experiment]
         extra = first.get("extra", {})
-        note = (f"FID-proxy (extractor {extra.get('fid_extractor')}): not comparable to published FID."
+        note = (f"FID-proxy (extractor {extra.get('extractor')}): not comparable to published FID."
                 if extra.get("is_proxy") else "")
         t1.append(table1_markdown({name(m): ss for m, ss in by_method.items()}, first["score_name"], title, note))
         t2.append(f"# Table 2 ({title})\n")

@@ -258,9 +258,9 @@ def test_aggregate_rejects_mixed_fid_extractors_and_notes_proxy(tmp_path):
     a, b = _write_run(tmp_path, "tr", 1, "imagenet"), _write_run(tmp_path, "tr", 2, "imagenet")
     for run, extractor in ((a, "inception"), (b, "proxy-randconv-v1")):
         s = json.loads(open(os.path.join(run, "summary.json")).read())
-        s["extra"]["fid_extractor"] = extractor
+        s["extra"].update(extractor=extractor, is_proxy=extractor.startswith("proxy"))
         metrics.atomic_write_json(os.path.join(run, "summary.json"), s)
-    with pytest.raises(ValueError, match="fid_extractor"):
+    with pytest.raises(ValueError, match="extractor"):
         metrics.load_summaries([a, b])
     paths = metrics.aggregate([b], str(tmp_path / "agg"))  # one proxy run: labelled as such
     assert "FID-proxy (extractor proxy-randconv-v1)" in open(paths[0]).read()
