@@ -203,7 +203,9 @@ class Rank1Fisher:
             for batch in tqdm(_passes(batches, 1), desc="Fisher pass 2 (c*)", leave=False, disable=not progress):
                 def loss_of(*ps, batch=batch):
                     return per_sample_loss(_functional(model, names, ps), batch)
-                _, s = jvp(loss_of, tuple(plist), tangents)                        # (B,) = mu^T g_i
+                primals = tuple(p.detach() for p in plist)           # detached: no backward graph is built
+                with torch.no_grad():                                # forward-mode AD ignores no_grad
+                    _, s = jvp(loss_of, primals, tangents)                         # (B,) = mu^T g_i
                 s = _checked(s, batch).detach().double()
                 sum_s2 += float((s ** 2).sum())
                 m += s.shape[0]
