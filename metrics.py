@@ -251,9 +251,11 @@ def table2_markdown(rows, thresholds, higher_is_better, title="Task 1"):
     """Paper Table 2 layout. rows: {label: [reconvergence table per seed]} (one entry = one run)."""
     tasks = sorted({k for tables in rows.values() for t in tables for k in t[str(thresholds[0])]},
                    key=lambda name: int(name[1:]))
+    heading = f"Steps to re-converge {title} (in-task gradient updates after each transition; {DASH} = never)"
+    if not tasks:
+        return f"{heading}\n\nNo later task has been trained yet.\n"
     header = ["Method"] + [f"{threshold_label(th, higher_is_better)} {k}" for th in thresholds for k in tasks]
-    lines = [f"Steps to re-converge {title} (in-task gradient updates after each transition; {DASH} = never)", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [heading, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, tables in rows.items():
         cells = [aggregate_steps([t[str(th)].get(k) for t in tables]) for th in thresholds for k in tasks]
         lines.append("| " + " | ".join([label, *cells]) + " |")
@@ -426,6 +428,8 @@ def aggregate(run_dirs, out_dir):
         first = next(iter(by_method.values()))[0]
         hib, thresholds, title = first["higher_is_better"], first["thresholds"], EXPERIMENT_TITLES[experiment]
         extra = first.get("extra", {})
+        if extra.get("dataset") not in (None, "imagenet32"):  # a stand-in dataset (e.g. train_imagenet's shapes)
+            title += f" [dataset: {extra['dataset']}]"
         note = (f"FID-proxy (extractor {extra.get('extractor')}): not comparable to published FID."
                 if extra.get("is_proxy") else "")
         t1.append(table1_markdown({name(m): ss for m, ss in by_method.items()}, first["score_name"], title, note))

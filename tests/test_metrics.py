@@ -91,6 +91,7 @@ def test_aggregate_steps_rule_and_markdown_dash():
     tables = [{"0.9": {"T2": 4, "T3": None}}, {"0.9": {"T2": 6, "T3": None}}]
     md = metrics.table2_markdown({"Trust Region": tables}, [0.9], True)
     assert "| Method | 90% T2 | 90% T3 |" in md and "| Trust Region | 5 | — |" in md
+    assert "No later task has been trained yet." in metrics.table2_markdown({"EWC": [{"0.9": {}}]}, [0.9], True)
     md_fid = metrics.table2_markdown({"EWC": [{"0.1": {"T2": None}}]}, [0.1], False)
     assert "+10% T2" in md_fid and "| EWC | — |" in md_fid
 
