@@ -7,6 +7,9 @@ from torch.func import functional_call, grad, jvp, vmap
 
 import unet
 
+# torch.func.jvp registers its decompositions through torch.jit.script, which torch 2.13 deprecates (not our code)
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 
 def _labels(n: int, num_classes: int | None, gen: torch.Generator) -> torch.Tensor | None:
     return None if num_classes is None else torch.randint(0, num_classes, (n,), generator=gen)
@@ -30,7 +33,7 @@ def test_unet2d_tiny_shape(size, num_classes):
     assert out.shape == x.shape
 
 
-@pytest.mark.parametrize("hw", [(8, 8), (16, 8), (32, 16)])
+@pytest.mark.parametrize("hw", [(8, 8), (16, 8), (8, 16)])
 def test_unet2d_three_levels_attention_first_and_last(hw):
     """A 3-level, 2-block net with attention at levels 0 and 2, one input channel, non-square images."""
     gen = torch.Generator().manual_seed(0)
@@ -150,10 +153,10 @@ def test_bad_inputs_2d():
         unet.unet2d_tiny(num_classes=3)(torch.randn(2, 3, 8, 8), t, None)
     with pytest.raises(ValueError, match="cond is given"):
         unet.unet2d_tiny()(torch.randn(2, 3, 8, 8), t, torch.zeros(2, dtype=torch.long))
-    with pytest.raises(ValueError, match="image height 7"):
-        unet.unet2d_tiny()(torch.randn(2, 3, 7, 8), t, None)
-    with pytest.raises(ValueError, match="image width 9"):
-        unet.unet2d_tiny()(torch.randn(2, 3, 8, 9), t, None)
+    with pytest.raises(ValueError, match="image height 6"):
+        unet.unet2d_tiny()(torch.randn(2, 3, 6, 8), t, None)
+    with pytest.raises(ValueError, match="image width 10"):
+        unet.unet2d_tiny()(torch.randn(2, 3, 8, 10), t, None)
     with pytest.raises(ValueError, match="expected x"):
         unet.unet2d_tiny()(torch.randn(2, 1, 8, 8), t, None)
 
