@@ -244,9 +244,9 @@ class UNet2D(nn.Module):
                 attns.append(attn(co, lvl in attention_levels))
                 c = co
                 skips.append(c)
-            last = lvl == n - 1
-            down = nn.Identity() if last else nn.Conv2d(c, c, 3, stride=2, padding=1)
-            skips.extend([] if last else [c])
+            down = nn.Conv2d(c, c, 3, stride=2, padding=1) if lvl < n - 1 else nn.Identity()
+            if lvl < n - 1:
+                skips.append(c)  # the downsampled tensor is a skip too
             self.down.append(Level2D(blocks, attns, down))
 
         self.mid1, self.mid_attn, self.mid2 = block(c, c), attn(c, True), block(c, c)
@@ -268,9 +268,9 @@ class UNet2D(nn.Module):
             raise ValueError(f"expected x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         check_length("image height", x.shape[2], self.levels)
         check_length("image width", x.shape[3], self.levels)
-        emb = self.time_embed(t)  # (B, E)
         if (cond is None) != (self.class_embed is None):
             raise ValueError(f"num_classes={self.num_classes} but cond is {'None' if cond is None else 'given'}")
+        emb = self.time_embed(t)  # (B, E)
         if cond is not None:
             emb = emb + self.class_embed(cond)  # (B, E): class embedding added to the time embedding
 
@@ -345,12 +345,12 @@ class ConditionalUNet1D(nn.Module):
     """Observation-conditioned action denoiser eps_theta(a_t, t, o) (paper C.2.1; Diffusion Policy layout).
 
     down_dims: widths per level; attention_levels: 0-based levels whose down-path residual pair is followed by
-    `heads`-head self-attention; if the last level is listed, each mid block is followed by one as well.
+    `heads`-head self-attention; if the last level is listed, one more sits between the two mid blocks.
     """
 
-    def __init__(self, action_dim: int, obs_dim: int, obs_horizon: int, down_dims: tuple[int, ...] = (256, 512, 1024),
-                 kernel_size: int = 5, norm_groups: int = 8, step_embed_dim: int = 512,
-                 attention_levels: tuple[int, ...] = (1, 2), heads: int = 8):
+    def __init__(self, action_dim: int, obs_dim: int, obs_horizon: int,
+                 down_dims: tuple[int, ...] = (256, 512, 1024), kernel_size: int = 5, norm_groups: int = 8,
+                 step_embed_dim: int = 512, attention_levels: tuple[int, ...] = (1, 2), heads: int = 8):
         super().__init__()
         for c in down_dims:
             if c % norm_groups:
@@ -368,7 +368,8 @@ class ConditionalUNet1D(nn.Module):
         # paper C.2.1: sinusoid(E) -> Linear(E, 4E) -> Mish -> Linear(4E, E)
         self.step_embed = StepEmbedding(step_embed_dim, 4 * step_embed_dim, step_embed_dim, nn.Mish)
         self.down = nn.ModuleList(
-            Level1D(dims[lvl], dims[lvl + 1], cond_dim, kernel_size, norm_groups, attn(dims[lvl + 1], lvl in attention_levels),
+            Level1D(dims[lvl], dims[lvl + 1], cond_dim, kernel_size, norm_groups,
+                    attn(dims[lvl + 1], lvl in attention_levels),
                     nn.Conv1d(dims[lvl + 1], dims[lvl + 1], 3, stride=2, padding=1) if lvl < n - 1 else nn.Identity())
             for lvl in range(n))
         c_mid, mid_attn = dims[-1], (n - 1) in attention_levels
@@ -395,7 +396,7 @@ class ConditionalUNet1D(nn.Module):
         g = torch.cat([self.step_embed(t), cond.flatten(1)], dim=-1)  # (B, E + O*D_o)
         h = x.transpose(1, 2)  # (B, D_a, S): channel-first for Conv1d
         skips = []
-        for lvl, level in enumerate(self.down):
+        for level in self.down:
             h = level.features(h, g)  # (B, C_l, S / 2^l)
             skips.append(h)
             h = level.resample(h)  # (B, C_l, S / 2^(l+1)), identity at the last level
