@@ -42,12 +42,18 @@ Deviations from the paper / the original methods:
     (its momentum list is never reset; the previous iterate is the current one at a task start).
 """
 import argparse
+import copy
 import time
 
 import torch
 from torch.func import functional_call
+from tqdm import tqdm
 
+import diffusion
+import fisher
+import replay
 import trust_region
+import unet
 
 # --------------------------------------------------------------------------------------------------
 # Support / query split and the meta-gradient
@@ -247,3 +253,99 @@ def make_learner(method, model, loss_fn, replay_loss_fn, cfg):
     beta = beta if uses_replay(method) else 0.0
     return trust_region.TrustRegionLearner(model, loss_fn, replay_loss_fn if beta else None, beta=beta, lam=lam,
                                            lr=lr, grad_clip=grad_clip)
+
+
+# --------------------------------------------------------------------------------------------------
+# Benchmark: cost per training step of each method against finetune (Table 6 / Table 7 comparison)
+
+
+BENCH_MODELS = {  # name -> (factory, x0 shape, cond maker (B, generator) -> cond)
+    "unet1d_tiny": (lambda: unet.unet1d_tiny(), (8, 4), lambda b, g: torch.randn(b, 6, 39, generator=g)),
+    "unet1d_small": (lambda: unet.unet1d_small(), (8, 4), lambda b, g: torch.randn(b, 6, 39, generator=g)),
+    "unet1d_paper": (lambda: unet.unet1d_paper(), (8, 4), lambda b, g: torch.randn(b, 6, 39, generator=g)),
+    "unet2d_tiny": (lambda: unet.unet2d_tiny(10), (3, 32, 32), lambda b, g: torch.randint(0, 10, (b,), generator=g)),
+    "unet2d_small": (lambda: unet.unet2d_small(10), (3, 32, 32), lambda b, g: torch.randint(0, 10, (b,), generator=g)),
+    "unet2d_paper": (lambda: unet.unet2d_paper(500), (3, 32, 32),
+                     lambda b, g: torch.randint(0, 500, (b,), generator=g)),
+}
+BENCH_ROWS = ("finetune", "ewc", "replay", "tr", "ftml", "vrmcl", "ftml --second-order", "vrmcl --second-order")
+
+
+def _bench_learner(row, base, sched, old_tasks, device):
+    """A learner for a benchmark row on a fresh copy of `base`, with Fishers and a teacher where needed."""
+    method, second_order = row.split()[0], row.endswith("--second-order")
+    model = copy.deepcopy(base)
+    loss_fn = lambda m, batch, generator=None: diffusion.batch_loss(m, sched, batch, generator)  # noqa: E731
+    kind = replay_kind(method)
+    replay_loss = replay.make_replay_loss(kind, sched, replay.frozen_copy(model)) if kind else None
+    cfg = argparse.Namespace(lam=1.0, second_order=second_order)
+    learner = make_learner(method, model, loss_fn, replay_loss, cfg)
+    if uses_fisher(method):  # random rank-1 Fishers: the step costs the same as with estimated ones
+        theta = fisher.flat_params(model)
+        for k in range(old_tasks):
+            mu = torch.randn(theta.shape, generator=torch.Generator().manual_seed(k)).to(device) * 1e-3
+            learner.add_fisher(fisher.Rank1Fisher(mu, 1.0, float(mu.double() @ theta.double())))
+    return learner
+
+
+def bench(model_name="unet1d_small", batch_size=32, steps=10, old_tasks=1, device="cpu", rows=BENCH_ROWS):
+    """Median seconds per training step of each row, measured in interleaved rounds (one step of every row
+    per round) so that drift in machine load affects all rows alike. Returns {row: seconds}."""
+    device = torch.device(device)
+    factory, shape, make_cond = BENCH_MODELS[model_name]
+    torch.manual_seed(0)
+    base = factory().to(device)
+    sched = diffusion.Schedule()
+    g = torch.Generator().manual_seed(0)
+    pool = replay.ReplayPool(storage_device=device)  # random stand-in samples: the content does not change cost
+    for k in range(old_tasks):
+        pool.add(k, torch.randn(4 * batch_size, *shape, generator=g), make_cond(4 * batch_size, g))
+    learners = {row: _bench_learner(row, base, sched, old_tasks, device) for row in rows}
+    times = {row: [] for row in rows}
+    for _ in tqdm(range(steps + 1), desc="bench rounds"):  # round 0 is warm-up
+        batch = (torch.randn(batch_size, *shape, generator=g).to(device), make_cond(batch_size, g).to(device))
+        replay_batch = pool.sample(batch_size, g, device)
+        for row, learner in learners.items():
+            step_gen = torch.Generator(device).manual_seed(1)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            learner.step(batch, replay_batch if uses_replay(row.split()[0]) else None, step_gen)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[row].append(time.perf_counter() - start)
+    return {row: float(torch.tensor(t[1:]).median()) for row, t in times.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Benchmark the training step of all six methods against finetune.")
+    parser.add_argument("--bench", action="store_true", help="run the benchmark (the only action of this script)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--model", default="unet1d_small", choices=sorted(BENCH_MODELS))
+    parser.add_argument("--batch", type=int, default=32, help="current batch size (replay batch: the same)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per method (median), after 1 warm-up")
+    parser.add_argument("--old-tasks", type=int, default=1, help="past tasks: Fishers and replay pools")
+    parser.add_argument("--no-second-order", action="store_true", help="skip the second-order rows")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if not args.bench:
+        parser.error("nothing to do: pass --bench")
+    if args.batch < 2 or args.batch % 2:
+        parser.error(f"--batch must be even and >= 2 (support/query split), got {args.batch}")
+    if args.steps < 1 or args.old_tasks < 1:
+        parser.error("--steps and --old-tasks must be >= 1")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    rows = [r for r in BENCH_ROWS if not (args.no_second_order and r.endswith("--second-order"))]
+    sec = bench(args.model, args.batch, args.steps, args.old_tasks, args.device, rows)
+    n_params = sum(p.numel() for p in BENCH_MODELS[args.model][0]().parameters())
+    print(f"model {args.model} ({n_params / 1e6:.2f}M params), batch {args.batch} current + {args.batch} replay, "
+          f"{args.old_tasks} old task(s), device {args.device}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, fp32, median of {args.steps} interleaved steps")
+    print(f"| method | ms / step | it/s | x finetune |\n|---|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row} | {1000 * sec[row]:.1f} | {1 / sec[row]:.2f} | {sec[row] / sec['finetune']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

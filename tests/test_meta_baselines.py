@@ -246,3 +246,22 @@ def test_make_learner_by_name():
     assert [mb.replay_kind(m) for m in mb.METHODS] == [None, None, "distill", "distill", "generative", "generative"]
     with pytest.raises(ValueError, match="unknown method"):
         mb.make_learner("maml", MLP(), mse_loss, None, cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# Benchmark entry point
+
+
+def test_bench_runs_every_row_and_rejects_bad_flags(capsys):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sec = mb.bench("unet1d_tiny", batch_size=2, steps=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert set(sec) == set(mb.BENCH_ROWS) and all(s > 0 for s in sec.values())
+    for argv in (["--bench", "--batch", "3"], ["--bench", "--model", "resnet"], []):
+        with pytest.raises(SystemExit) as exc:
+            mb.main(argv)
+        assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
