@@ -173,6 +173,9 @@ class ReplayPool:
             raise ValueError(f"x0 has {x0.shape[0]} samples but cond has {cond.shape[0]}")
         if x0.shape[0] == 0:
             raise ValueError(f"task {task_id}: cannot store an empty pool")
+        others = [c is None for k, c in self.cond.items() if k != int(task_id)]
+        if others and others[0] != (cond is None):
+            raise ValueError(f"task {task_id}: mixing conditional and unconditional samples in one pool")
         self.x0[int(task_id)] = x0.detach().to(self.storage_device)
         self.cond[int(task_id)] = None if cond is None else cond.detach().to(self.storage_device)
 
@@ -182,7 +185,8 @@ class ReplayPool:
         """Generate n samples of shape sample_shape for one task with DDIM and store them.
 
         cond_source(task_id, n, generator) -> (n, ...) conditioning or None (unconditional model).
-        DDIM 50 steps, eta 0 (Appendix C.1.1, C.2.1). Samples are generated in chunks of batch_size.
+        DDIM 50 steps, eta 0 (Appendix C.1.1, C.2.1). Samples are generated in chunks of batch_size on
+        `device` (default: the teacher's), so `generator` must live there; they are stored on storage_device.
         """
         if n <= 0:
             raise ValueError(f"pool size must be positive, got {n}")

@@ -158,6 +158,8 @@ def test_pool_state_dict_roundtrip_and_errors():
         replay.ReplayPool().sample(4)
     with pytest.raises(ValueError, match="cond"):
         replay.ReplayPool().add(0, torch.zeros(3, 2), torch.zeros(2))
+    with pytest.raises(ValueError, match="mixing"):
+        pool.add(5, torch.zeros(3, 2), None)
 
 
 def test_pool_holds_policy_pairs_unconditional_and_conditional():
