@@ -59,7 +59,6 @@ Deviations from the paper:
   4,200,448 at C=1024; the network without attention has 73,812,228.)
 """
 import math
-import sys
 import time
 
 import torch
@@ -474,6 +473,9 @@ def time_train_step(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: to
     return sorted(times[1:])[reps // 2]
 
 
+BENCH_MODELS = ["unet1d_paper", "unet2d_paper", "unet1d_tiny", "unet2d_tiny"]
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -481,7 +483,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bench", action="store_true", help="time forward+backward of the paper configurations")
     parser.add_argument("--device", default="cpu", help="torch device for --bench (cpu, cuda)")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions (median reported)")
+    parser.add_argument("--batch-1d", type=int, default=256, help="batch for unet1d_paper (Table 4: 256)")
+    parser.add_argument("--batch-2d", type=int, default=16, help="batch for unet2d_paper (Table 3: 128)")
+    parser.add_argument("--models", nargs="+", default=BENCH_MODELS, choices=BENCH_MODELS, help="what --bench times")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for --bench (0: torch default)")
     args = parser.parse_args(argv)
+    if args.threads < 0 or min(args.reps, args.batch_1d, args.batch_2d) < 1:
+        parser.error("--threads must be >= 0; --reps and the batch sizes >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     builders = {"unet2d_paper(num_classes=500)": (unet2d_paper, 37.45e6),
                 "unet1d_paper(obs_dim=39, obs_horizon=6, action_dim=4, horizon=8)": (unet1d_paper, 83.27e6)}
     for name, (build, paper) in builders.items():
@@ -492,17 +502,21 @@ def main(argv: list[str] | None = None) -> None:
         return
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    cases = [("unet1d_paper", unet1d_paper(), 256, torch.randn(256, 8, 4), torch.randn(256, 6, 39)),
-             ("unet2d_paper", unet2d_paper(), 16, torch.randn(16, 3, 32, 32), torch.randint(0, 500, (16,))),
-             ("unet1d_tiny", unet1d_tiny(), 8, torch.randn(8, 8, 4), torch.randn(8, 6, 39)),
-             ("unet2d_tiny", unet2d_tiny(), 8, torch.randn(8, 3, 32, 32), None)]
+    b1, b2 = args.batch_1d, args.batch_2d
+    cases = {  # name -> (builder, x, cond); built only when selected
+        "unet1d_paper": (unet1d_paper, torch.randn(b1, 8, 4), torch.randn(b1, 6, 39)),
+        "unet2d_paper": (unet2d_paper, torch.randn(b2, 3, 32, 32), torch.randint(0, 500, (b2,))),
+        "unet1d_tiny": (unet1d_tiny, torch.randn(8, 8, 4), torch.randn(8, 6, 39)),
+        "unet2d_tiny": (unet2d_tiny, torch.randn(8, 3, 32, 32), None),
+    }
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, fp32, median of {args.reps}")
-    for name, model, batch, x, cond in cases:
-        model = model.to(dev)
-        t = torch.randint(0, 1000, (batch,), device=dev)
+    for name in args.models:
+        build, x, cond = cases[name]
+        model = build().to(dev)
+        t = torch.randint(0, 1000, (x.shape[0],), device=dev)
         sec = time_train_step(model, x.to(dev), t, None if cond is None else cond.to(dev), args.reps)
-        print(f"{name}: batch {batch} x {tuple(x.shape[1:])}: forward+backward {1000 * sec:.1f} ms "
-              f"({1 / sec:.1f} it/s)", file=sys.stdout)
+        print(f"{name}: batch {x.shape[0]} x {tuple(x.shape[1:])}: forward+backward {1000 * sec:.1f} ms "
+              f"({1 / sec:.1f} it/s)")
 
 
 if __name__ == "__main__":

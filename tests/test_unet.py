@@ -265,3 +265,16 @@ def test_main_prints_counts(capsys):
     unet.main([])
     out = capsys.readouterr().out
     assert "36,002,307" in out and "83,264,772" in out
+
+
+def test_main_bench_tiny_and_bad_flags(capsys):
+    threads = torch.get_num_threads()
+    try:
+        unet.main(["--bench", "--models", "unet1d_tiny", "unet2d_tiny", "--reps", "1", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)  # --threads sets a process-wide torch setting
+    out = capsys.readouterr().out
+    assert "unet1d_tiny: batch 8 x (8, 4): forward+backward" in out and "unet2d_tiny: batch 8" in out
+    with pytest.raises(SystemExit) as exc:
+        unet.main(["--reps", "0"])
+    assert exc.value.code == 2
