@@ -33,8 +33,9 @@ skip tensor (concatenated on channels), nearest x2 + conv upsample except at the
 
 1D layout (Diffusion Policy, Chi et al. 2023, `ConditionalUnet1D`): global condition g = [step embedding ||
 flattened observations] of size E + O*D_o; per down level two FiLM residual blocks (+ attention) and
-Downsample1d except at the last level; mid two blocks (+ attention); up levels mirror the down levels except
-the first (two blocks each, skip concatenation, ConvTranspose1d x2 upsample); final Conv1dBlock + 1x1 conv.
+Downsample1d except at the last level; mid two blocks (+ attention between them); up levels mirror the down
+levels except the first (two blocks each, skip concatenation, ConvTranspose1d x2 upsample); final Conv1dBlock +
+1x1 conv.
 That is 6 + 2 + 4 = 12 FiLM residual blocks, as the paper states. As in Diffusion Policy, the up path has one
 level fewer than the down path, so the first level's output (left on the skip list) is never concatenated back.
 
