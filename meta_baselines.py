@@ -30,6 +30,9 @@ r = 0.15: the value in the official run commands for Seq-CIFAR-100 and Seq-TinyI
 Seq-CIFAR-10; the argparse default in `models/vrmcl.py` is 0.8 but the flag is required). The paper does
 not report r.
 
+Benchmark: `python meta_baselines.py --bench [--device cuda] [--model unet1d_paper] [--batch 128]` times one
+training step of every method (and of FTML / VR-MCL with --second-order) against finetune; see the README.
+
 Deviations from the paper / the original methods:
   - VR-MCL's official code applies m_b with plain SGD (`p -= s_lr * m`, s_lr 0.35, `--asyn_update`), and
     learns per-parameter inner learning rates (La-MAML style, `task_lr`); the paper uses "Adam (outer), SGD
