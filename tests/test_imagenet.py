@@ -1,0 +1,249 @@
+"""train_imagenet.py: the ImageNet-32 npz loader, the shapes dataset, the config, bad input, and smoke runs of
+every method through subprocess, including a SIGKILL mid-run followed by a resume to an identical summary.json."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import train_imagenet as ti  # noqa: E402
+
+# --------------------------------------------------------------------------------------------------------------
+# ImageNet-32 npz files in the official format, small
+
+
+def write_imagenet32(root: Path, per_file: int = 40, n_val: int = 30, seed: int = 0, compressed: bool = False):
+    """Ten train batch files + val_data.npz: data (N, 3072) uint8 channel-planar, labels 1-indexed (1..1000)."""
+    rng = np.random.default_rng(seed)
+    save = np.savez_compressed if compressed else np.savez
+    (root / "Imagenet32_train_npz").mkdir(parents=True, exist_ok=True)
+    (root / "Imagenet32_val_npz").mkdir(parents=True, exist_ok=True)
+    files = [root / f for f in ti.IMAGENET32_TRAIN] + [root / f for f in ti.IMAGENET32_VAL]
+    for i, path in enumerate(files):
+        n = n_val if i == len(files) - 1 else per_file
+        labels = np.concatenate([np.tile(np.arange(1, 7), 3), rng.integers(1, 1001, n - 18)])  # 1..6 x3 per file
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        data[:, 0] = labels % 256  # pixel (R, 0, 0) tags the label so the test can check row/label alignment
+        extra = {"mean": np.zeros(3072)} if i < len(files) - 1 else {}
+        save(path, data=data, labels=list(labels), **extra)
+    return files
+
+
+def test_loader_keeps_first_classes_and_reshapes_channel_planar(tmp_path):
+    write_imagenet32(tmp_path, compressed=True)
+    train, val = ti.load_imagenet32(str(tmp_path), num_classes=6)
+    assert train.images.dtype == np.uint8 and train.images.shape[1:] == (3, 32, 32)
+    assert train.labels.min() == 0 and train.labels.max() == 5  # 1-indexed 1..6 -> 0..5
+    raw = [np.load(tmp_path / f) for f in ti.IMAGENET32_TRAIN]
+    kept = np.concatenate([z["data"][z["labels"] <= 6] for z in raw])
+    assert len(train.labels) == len(kept)
+    assert np.array_equal(train.images.reshape(len(kept), 3072), kept)  # channel-planar row order kept
+    assert np.array_equal(train.images[:, 0, 0, 0], (train.labels + 1) % 256)
+    assert len(val.labels) == int((np.load(tmp_path / ti.IMAGENET32_VAL[0])["labels"] <= 6).sum())
+    x = ti.to_float(train.images[:5], "cpu")
+    assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
+    assert torch.allclose(x, torch.from_numpy(train.images[:5]).float() / 127.5 - 1)
+
+
+def test_loader_streams_in_chunks_matches_whole_read(tmp_path):
+    files = write_imagenet32(tmp_path, per_file=50)
+    labels = np.load(files[0])["labels"]
+    rows = np.concatenate([r for _, r in ti._stream_rows(files[0], len(labels), chunk=7)])
+    assert np.array_equal(rows.reshape(len(labels), -1), np.load(files[0])["data"])
+
+
+def _bad_input(tmp_path, capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        ti.main(argv + ["--out", str(tmp_path / "run"), "--no-progress", "--fid-proxy", "--threads", "0"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def _imagenet_args(root):
+    return ["--preset", "smoke", "--dataset", "imagenet32", "--data-dir", str(root), "--classes-per-task", "3"]
+
+
+def test_missing_data_folder_says_where_to_get_it(tmp_path, capsys):
+    err = _bad_input(tmp_path, capsys, ["--preset", "smoke", "--dataset", "imagenet32", "--data-dir",
+                                        str(tmp_path / "nope")])
+    assert "image-net.org" in err and "--dataset shapes" in err
+
+
+@pytest.mark.parametrize("damage, expect", [
+    ("missing", "missing"),
+    ("corrupt", "not a readable npz"),
+    ("shape", "shape (N, 3072)"),
+    ("dtype", "uint8"),
+    ("labels_zero", "out of range"),
+    ("labels_big", "out of range"),
+    ("no_labels", "expected arrays"),
+    ("truncated", "truncated"),
+])
+def test_bad_npz_is_one_line_exit_2(tmp_path, capsys, damage, expect):
+    root = tmp_path / "data"
+    files = write_imagenet32(root)
+    victim = files[3]
+    if damage == "missing":
+        victim.unlink()
+    elif damage == "corrupt":
+        victim.write_bytes(b"this is not a zip file")
+    elif damage == "shape":
+        np.savez(victim, data=np.zeros((40, 3000), np.uint8), labels=np.ones(40, np.int64))
+    elif damage == "dtype":
+        np.savez(victim, data=np.zeros((40, 3072), np.float32), labels=np.ones(40, np.int64))
+    elif damage == "labels_zero":
+        np.savez(victim, data=np.zeros((40, 3072), np.uint8), labels=np.arange(40))
+    elif damage == "labels_big":
+        np.savez(victim, data=np.zeros((40, 3072), np.uint8), labels=np.full(40, 1001))
+    elif damage == "no_labels":
+        np.savez(victim, data=np.zeros((40, 3072), np.uint8))
+    elif damage == "truncated":  # a stored (uncompressed) member whose header promises more rows than it holds
+        import zipfile
+        with zipfile.ZipFile(victim, "w") as zf:
+            zf.writestr("labels.npy", _npy_bytes(np.ones(40, np.int64)))
+            zf.writestr("data.npy", _npy_bytes(np.zeros((40, 3072), np.uint8))[:-3072 * 5])
+    err = _bad_input(tmp_path, capsys, _imagenet_args(root))
+    assert expect in err, err
+
+
+def _npy_bytes(a):
+    import io
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--method", "sgd"], "unknown method"),
+    (["--inception-weights", "/nonexistent/pt_inception.pth", "--no-fid-proxy"], "inception weights not found"),
+    (["--no-allow-rank-deficient-fid"], "not above the 256-d"),
+    (["--method", "ftml", "--batch-size", "7"], "even"),
+    (["--classes-per-task", "300"], "num_tasks x classes_per_task"),
+])
+def test_bad_flags_are_one_line_exit_2(tmp_path, capsys, argv, expect):
+    err = _bad_input(tmp_path, capsys, ["--preset", "smoke"] + argv)
+    assert expect in err, err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# shapes dataset, config, batching
+
+
+def test_shapes_deterministic_distinct_and_learnable():
+    a = ti.make_shapes(0, num_classes=50, per_class=12, split=0)
+    b = ti.make_shapes(0, num_classes=50, per_class=12, split=0)
+    held = ti.make_shapes(0, num_classes=50, per_class=6, split=1)
+    assert a.images.shape == (600, 3, 32, 32) and a.images.dtype == np.uint8
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, np.repeat(np.arange(50), 12))
+    assert not np.array_equal(a.images[:6], held.images[:6])  # held-out split is a different draw
+    assert not np.array_equal(ti.make_shapes(1, 2, 4, 0).images, ti.make_shapes(0, 2, 4, 0).images)
+    # classes are distinct: nearest class mean on raw pixels beats chance (2%) by far on held-out images
+    cent = a.images.reshape(50, 12, -1).astype(np.float32).mean(1)                       # (50, 3072)
+    x = held.images.reshape(300, -1).astype(np.float32)
+    pred = ((x[:, None, :] - cent[None]) ** 2).sum(-1).argmin(1)
+    assert (pred == held.labels).mean() > 0.25
+    # every class of the 500 renders (all shapes x backgrounds)
+    assert ti.render_shape_class(0, 0, 499, 2).shape == (2, 3, 32, 32)
+
+
+def test_config_defaults_are_table3_and_flags_generated():
+    cfg = ti.Config()
+    assert (cfg.batch_size, cfg.lr, cfg.epochs_per_task, cfg.lam, cfg.fisher_samples) == (128, 2e-4, 100, 15000, 10000)
+    assert (cfg.replay_per_task, cfg.replay_ratio, cfg.inner_lr, cfg.ddim_steps) == (1300, 1.0, 1e-4, 50)
+    assert (cfg.num_tasks, cfg.classes_per_task, cfg.model, cfg.dataset) == (10, 50, "paper", "imagenet32")
+    args = ti.build_parser().parse_args(["--preset", "small", "--lam", "7", "--no-replay-rebuild"])
+    small = ti.resolve_config(args)
+    assert small.lam == 7 and small.replay_rebuild is False and small.dataset == "shapes" and small.model == "small"
+
+
+def test_batches_walk_epoch_permutations():
+    cfg = ti.Config(batch_size=4, seed=3)
+    rows = np.arange(100, 117)  # 17 rows -> 4 full batches per epoch, last row of each epoch's permutation dropped
+    epoch0 = np.concatenate([ti.batch_rows(cfg, 2, s, rows) for s in range(4)])
+    assert len(set(epoch0.tolist())) == 16 and set(epoch0) <= set(rows)
+    assert np.array_equal(ti.batch_rows(cfg, 2, 1, rows), ti.batch_rows(cfg, 2, 1, rows))
+    assert not np.array_equal(ti.batch_rows(cfg, 2, 0, rows), ti.batch_rows(cfg, 2, 4, rows))
+    assert ti.steps_for_task(ti.Config(batch_size=128, epochs_per_task=100), 64_000) == 50_000  # Table 3 scale
+
+
+def test_bench_prints_rates(capsys):
+    threads = torch.get_num_threads()
+    try:  # one thread: the tiny model is far faster so (and --threads is process-wide: restore it)
+        ti.main(["--preset", "smoke", "--bench", "--bench-methods", "finetune,tr", "--bench-steps", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "train finetune" in out and "train tr" in out and "images/s" in out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# smoke runs through subprocess (CPU, seconds each)
+
+
+def run_script(out, *extra, env=None):
+    cmd = [sys.executable, str(ROOT / "train_imagenet.py"), "--preset", "smoke", "--out", str(out), "--no-progress",
+           *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def tr_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tr") / "run"
+    proc = run_script(out, "--method", "tr")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("method", ["finetune", "ewc", "replay", "ftml", "vrmcl"])
+def test_smoke_every_method(tmp_path, method):
+    proc = run_script(tmp_path / "run", "--method", method)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _check_run(tmp_path / "run", method)
+
+
+def _check_run(out, method):
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == method and summary["experiment"] == "imagenet" and summary["n_tasks_trained"] == 2
+    assert summary["R"][0][1] is None and all(isinstance(v, float) for v in summary["R"][1])
+    assert summary["transitions"] == [8] and len(summary["task1_curve"]) == 8  # 2, 4, 6, 8 in each task
+    assert set(summary["reconvergence"]["T1"]) == {"0.1", "0.2", "0.3"}
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "figure2.png", "samples_after_task01.png",
+                 "samples_after_task02.png"):
+        assert (out / name).is_file(), name
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["config"]["method"] == method and ckpt["state"]["task"] == 2
+
+
+def test_smoke_tr(tr_run):
+    _check_run(tr_run, "tr")
+
+
+def _records(out):
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for r in recs:
+        r.pop("boundary_seconds", None)  # wall time
+    return recs
+
+
+def test_sigkill_then_resume_gives_identical_summary(tmp_path, tr_run):
+    out = tmp_path / "run"
+    # global step 14 = task 2, step 6: the last checkpoint was at task 2 step 4 (checkpoint_every 4)
+    env = dict(os.environ, TRAIN_IMAGENET_SIGKILL_AT_STEP="14")
+    proc = run_script(out, "--method", "tr", env=env)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "summary.json").read_text() == (tr_run / "summary.json").read_text()  # only task 1 done
+    proc = run_script(out, "--method", "tr")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resuming" in proc.stdout
+    assert (out / "summary.json").read_text() == (tr_run / "summary.json").read_text()
+    assert _records(out) == _records(tr_run)
