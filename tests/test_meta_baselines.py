@@ -131,7 +131,7 @@ def test_second_order_ftml_matches_explicit_hessian():
 
 def test_vrmcl_with_r_zero_equals_ftml():
     torch.manual_seed(2)
-    a, b = MLP(), None
+    a = MLP()
     b = copy.deepcopy(a)
     ftml = mb.FTMLLearner(a, mse_loss, mse_loss, lr=1e-2, inner_lr=0.1)
     vr = mb.VRMCLLearner(b, mse_loss, mse_loss, lr=1e-2, inner_lr=0.1, r=0.0)
