@@ -4,6 +4,7 @@ import torch
 
 import diffusion
 import replay
+import unet
 
 
 class TinyDenoiser(torch.nn.Module):
@@ -173,3 +174,24 @@ def test_pool_holds_policy_pairs_unconditional_and_conditional():
     uncond.add(0, torch.randn(6, 2), None)
     x0, cond = uncond.sample(4, torch.Generator().manual_seed(0))
     assert x0.shape == (4, 2) and cond is None
+
+
+def test_pool_build_for_a_policy_with_caller_observations():
+    """Policies: cond_source gives observation windows (n, O, D_o); the teacher generates actions (n, S, D_a)."""
+    torch.manual_seed(0)
+    teacher = replay.frozen_copy(unet.unet1d_tiny(obs_dim=5, obs_horizon=3, action_dim=2, horizon=8))
+    seen = []
+
+    def observations(task_id, n, generator=None):  # stands in for rollouts of the frozen policy in task task_id
+        obs = torch.full((n, 3, 5), float(task_id)) + 0.01 * torch.arange(n)[:, None, None]
+        seen.append((task_id, n))
+        return obs
+
+    pool = replay.ReplayPool()
+    pool.rebuild(teacher, diffusion.Schedule(), [0, 1], observations, 5, (8, 2), batch_size=2, steps=3,
+                 generator=torch.Generator().manual_seed(0), progress=False)
+    assert seen == [(0, 5), (1, 5)]
+    assert pool.x0[1].shape == (5, 8, 2) and pool.cond[1].shape == (5, 3, 5)
+    assert torch.equal(pool.cond[1], observations(1, 5)) and pool.x0[1].abs().max() <= 1
+    x0, cond = pool.sample(4, torch.Generator().manual_seed(0))
+    assert x0.shape == (4, 8, 2) and torch.equal(cond[:, 0, 0].floor(), torch.tensor([0.0, 0.0, 1.0, 1.0]))
