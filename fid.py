@@ -1,0 +1,535 @@
+"""Frechet Inception Distance (FID) for the ImageNet-32 experiment (paper Section 4.1, Table 1-2).
+
+The paper scores each task's generator by FID (Heusel et al. 2017) against held-out images of that
+task. This module writes both halves itself, because the usual packages (pytorch-fid, clean-fid,
+torch-fidelity) download weights at run time and need torchvision, neither of which works here
+(reference notes §8):
+
+    Frechet distance between N(mu1, S1) and N(mu2, S2)   (Dowson & Landau 1982; Heusel et al. 2017)
+        d^2 = ||mu1 - mu2||^2 + Tr S1 + Tr S2 - 2 Tr sqrtm(S1 S2)
+    with mu, S the mean and covariance (np.cov, rowvar=False) of 2048-d Inception pool3 features.
+
+Numerics follow pytorch-fid's ``calculate_frechet_distance``: if sqrtm(S1 S2) is not finite, retry
+with eps*I (eps = 1e-6) added to both covariances; if the result is complex, fail (ValueError) when
+the largest |imaginary part| on its diagonal exceeds 1e-3, else keep the real part.
+
+Feature extractors (``FeatureExtractor.load``)
+    "inception"          the FID Inception v3 (TF 2015-12-05 graph ported by pytorch-fid), written
+                         here module for module so that pytorch-fid's file
+                         ``pt_inception-2015-12-05-6726825d.pth`` loads with strict key matching.
+                         Input in [0, 1] -> bilinear resize to 299 (align_corners=False) -> 2x - 1.
+                         Looked up at ``weights=PATH`` or in the torch hub cache
+                         ($TORCH_HOME/hub/checkpoints/, default ~/.cache/torch/hub/checkpoints/).
+    "proxy-randconv-v1"  used only when no weights file is found: a fixed random-weight conv net
+                         (3 conv stages, weights drawn from NumPy's frozen legacy RandomState(0)
+                         stream, so identical on every machine) pooled to 256 features. Scores from
+                         it are printed as "FID-proxy ... not comparable to published FID" and the
+                         result carries ``is_proxy=True``. It ranks degradations sensibly (blur,
+                         noise; tests/test_fid.py) but its scale means nothing outside this repo.
+
+API (what train_imagenet.py calls)
+    ext = FeatureExtractor.load(weights=None, device="cuda")   # .name, .dim, .is_proxy
+    feats = ext.features(images, batch_size=200, progress=True)  # images (N, 3, H, W) uint8 in
+                                                     # [0, 255] or float in [-1, 1] -> (N, dim)
+    ref = Stats.from_features(feats_real, ext.name); save_stats(path, ref); ref = load_stats(path)
+    res = fid_from_stats(ref, Stats.from_features(feats_gen, ext.name), sampler_steps=50)
+    res = fid_from_features(feats_a, feats_b, ext, sampler_steps=None)   # same, from features
+    print(res.format())   # "FID 12.34 (inception, n=10000 vs 10000, sampler: DDIM 50 steps)"
+    res.to_dict()         # value, n_samples_a, n_samples_b, extractor, is_proxy, sampler_steps
+Lower-level: ``statistics(features) -> (mu, sigma)``, ``frechet_distance(mu1, s1, mu2, s2)``.
+
+CLI (like pytorch-fid): ``python fid.py PATH_A PATH_B [--inception-weights P] [--batch-size N]
+[--device D] [--save-stats OUT.npz] [--sampler-steps K]``; a path is a folder of PNG/JPEG images or
+an .npz of statistics. ``--save-stats`` writes PATH_A's statistics (PATH_B may then be omitted).
+
+Sample count: with n <= dim samples np.cov has rank <= n - 1 < dim. ``statistics`` then warns once
+(one line) and computes anyway: sqrtm of the singular product usually stays finite; if it does
+not, the eps*I retry above regularises it. Such scores are biased upward (FID's bias grows as 1/n)
+and should not be compared across sample counts; the sample counts are printed with every score.
+
+Deviations from the paper / from pytorch-fid
+- The paper does not say how FID is computed; here it is pytorch-fid's recipe (reference notes §8).
+- The 1008-class ``fc`` layer of the weights file is kept as a module so that the file loads with
+  strict key checking (a wrong or truncated file is caught); it is never called, features are pool3.
+- One ``FIDInceptionE`` class with a ``pool`` switch stands for pytorch-fid's FIDInceptionE_1
+  (Mixed_7b, average pool without padded zeros) and FIDInceptionE_2 (Mixed_7c, max pool).
+- BatchNorm ``num_batches_tracked`` buffers are filled in when the file lacks them (they do not
+  enter the eval-mode forward pass).
+- Without the weights file a proxy extractor is used (above); its scores are labelled as such.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's FID_WEIGHTS_URL file name
+INCEPTION_NAME = "inception"
+PROXY_NAME = "proxy-randconv-v1"
+PROXY_NOTE = "FID-proxy, not comparable to published FID"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+# -----------------------------------------------------------------------------
+# Frechet distance (Heusel et al. 2017, Eq. 6; numerics of pytorch-fid)
+
+_RANK_WARNED = False  # statistics() warns about rank-deficient covariances once per process
+
+
+def statistics(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (dim,) and covariance (dim, dim) of features (N, dim), in float64."""
+    global _RANK_WARNED
+    feats = np.asarray(features, dtype=np.float64)
+    if feats.ndim != 2 or feats.shape[0] < 2:
+        raise ValueError(f"features must be (N, dim) with N >= 2, got shape {feats.shape}")
+    n, dim = feats.shape
+    if n <= dim and not _RANK_WARNED:
+        _RANK_WARNED = True
+        warnings.warn(f"FID from {n} samples of {dim}-d features: covariance rank <= {n - 1} < {dim}, "
+                      f"score is biased upward (computed anyway, eps*I retry if sqrtm fails)", RuntimeWarning)
+    return feats.mean(axis=0), np.cov(feats, rowvar=False)
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    """scipy.linalg.sqrtm without the deprecated ``disp`` argument; its singular-matrix warning is
+    silenced because the caller checks finiteness itself (pytorch-fid passes disp=False)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        return scipy.linalg.sqrtm(a)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """d^2 = ||mu1 - mu2||^2 + Tr S1 + Tr S2 - 2 Tr sqrtm(S1 S2), in float64.
+
+    Non-finite sqrtm -> retry with eps*I added to both covariances; complex sqrtm -> ValueError if
+    max |imag(diag)| > 1e-3, else its real part (pytorch-fid's rule).
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+    diff = mu1 - mu2
+    covmean = _sqrtm(sigma1 @ sigma2)                                   # sqrtm(S1 S2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        warnings.warn(f"sqrtm(S1 S2) is not finite; adding {eps:g}*I to both covariances", RuntimeWarning)
+        covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        max_imag = np.max(np.abs(np.diagonal(covmean).imag))
+        if max_imag > 1e-3:
+            raise ValueError(f"sqrtm(S1 S2) has an imaginary component of {max_imag:.3g} on its diagonal")
+        covmean = covmean.real
+    # ||mu1 - mu2||^2 + Tr S1 + Tr S2 - 2 Tr sqrtm(S1 S2)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+@dataclasses.dataclass
+class Stats:
+    """Feature statistics of one image set: mu (dim,), sigma (dim, dim), n samples, extractor name."""
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+    extractor: str
+
+    @classmethod
+    def from_features(cls, features, extractor: str) -> "Stats":
+        mu, sigma = statistics(features)
+        return cls(mu, sigma, int(np.shape(features)[0]), extractor)
+
+
+def save_stats(path, stats: Stats) -> None:
+    """npz with mu, sigma, n, extractor (pytorch-fid's files hold mu and sigma only); atomic write."""
+    path = str(path)
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, mu=stats.mu, sigma=stats.sigma, n=stats.n, extractor=stats.extractor)
+    os.replace(path + ".tmp", path)
+
+
+def load_stats(path) -> Stats:
+    """Inverse of save_stats. A pytorch-fid npz (mu, sigma only) loads as extractor "inception", n=0."""
+    if not os.path.isfile(path):
+        raise ValueError(f"statistics file not found: {path}")
+    with np.load(path) as z:
+        if "mu" not in z or "sigma" not in z:
+            raise ValueError(f"{path} has no 'mu'/'sigma' arrays")
+        n = int(z["n"]) if "n" in z else 0
+        extractor = str(z["extractor"]) if "extractor" in z else INCEPTION_NAME
+        return Stats(z["mu"].astype(np.float64), z["sigma"].astype(np.float64), n, extractor)
+
+
+@dataclasses.dataclass
+class FIDResult:
+    """One score with what is needed to read it: sample counts, extractor, sampler steps."""
+    value: float
+    n_samples_a: int
+    n_samples_b: int
+    extractor: str
+    is_proxy: bool
+    sampler_steps: int | None = None   # DDIM steps of the generated set; None for real vs real
+
+    def format(self) -> str:
+        """'FID 12.34 (inception, n=10000 vs 10000, sampler: DDIM 50 steps)'."""
+        sampler = "none" if self.sampler_steps is None else f"DDIM {self.sampler_steps} steps"
+        label, note = ("FID-proxy", f"; {PROXY_NOTE}") if self.is_proxy else ("FID", "")
+        return (f"{label} {self.value:.2f} ({self.extractor}, n={self.n_samples_a} vs {self.n_samples_b}, "
+                f"sampler: {sampler}{note})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def fid_from_stats(a: Stats, b: Stats, sampler_steps: int | None = None) -> FIDResult:
+    """FID between two Stats computed with the same extractor."""
+    if a.extractor != b.extractor:
+        raise ValueError(f"statistics come from different extractors: {a.extractor!r} vs {b.extractor!r}")
+    value = frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    return FIDResult(value, a.n, b.n, a.extractor, a.extractor != INCEPTION_NAME, sampler_steps)
+
+
+def fid_from_features(feats_a, feats_b, extractor: "FeatureExtractor", sampler_steps: int | None = None) -> FIDResult:
+    """FID between two feature arrays (N_a, dim), (N_b, dim) produced by ``extractor``."""
+    return fid_from_stats(Stats.from_features(feats_a, extractor.name),
+                          Stats.from_features(feats_b, extractor.name), sampler_steps)
+
+# -----------------------------------------------------------------------------
+# FID Inception v3 (Szegedy et al. 2016; layout and key names of torchvision's Inception3 as patched
+# by pytorch-fid's fid_inception_v3: aux classifier removed, 1008-class fc, FID pooling patches)
+
+
+class BasicConv2d(nn.Module):
+    """conv (no bias) -> BatchNorm(eps=0.001) -> ReLU; keys '<name>.conv.*', '<name>.bn.*'."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size, stride=1, padding=0):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=padding, bias=False)
+        self.bn = nn.BatchNorm2d(c_out, eps=0.001)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
+
+
+def _avg_pool_3x3(x):
+    # TF's average pool ignores the padded zeros (pytorch-fid's "Patch" comment)
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+
+
+class FIDInceptionA(nn.Module):
+    """Mixed_5b/c/d: (B, c_in, 35, 35) -> (B, 224 + pool_features, 35, 35)."""
+
+    def __init__(self, c_in: int, pool_features: int):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(c_in, 64, 1)
+        self.branch5x5_1 = BasicConv2d(c_in, 48, 1)
+        self.branch5x5_2 = BasicConv2d(48, 64, 5, padding=2)
+        self.branch3x3dbl_1 = BasicConv2d(c_in, 64, 1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, 3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, 3, padding=1)
+        self.branch_pool = BasicConv2d(c_in, pool_features, 1)
+
+    def forward(self, x):
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([self.branch1x1(x), b5, b3, self.branch_pool(_avg_pool_3x3(x))], 1)
+
+
+class InceptionB(nn.Module):
+    """Mixed_6a (grid reduction): (B, 288, 35, 35) -> (B, 768, 17, 17)."""
+
+    def __init__(self, c_in: int):
+        super().__init__()
+        self.branch3x3 = BasicConv2d(c_in, 384, 3, stride=2)
+        self.branch3x3dbl_1 = BasicConv2d(c_in, 64, 1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, 3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, 3, stride=2)
+
+    def forward(self, x):
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([self.branch3x3(x), b3, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+
+
+class FIDInceptionC(nn.Module):
+    """Mixed_6b-e, factorised 7x7: (B, 768, 17, 17) -> (B, 768, 17, 17)."""
+
+    def __init__(self, c_in: int, c7: int):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(c_in, 192, 1)
+        self.branch7x7_1 = BasicConv2d(c_in, c7, 1)
+        self.branch7x7_2 = BasicConv2d(c7, c7, (1, 7), padding=(0, 3))
+        self.branch7x7_3 = BasicConv2d(c7, 192, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = BasicConv2d(c_in, c7, 1)
+        self.branch7x7dbl_2 = BasicConv2d(c7, c7, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = BasicConv2d(c7, c7, (1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = BasicConv2d(c7, c7, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = BasicConv2d(c7, 192, (1, 7), padding=(0, 3))
+        self.branch_pool = BasicConv2d(c_in, 192, 1)
+
+    def forward(self, x):
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        d = x
+        for i in range(1, 6):
+            d = getattr(self, f"branch7x7dbl_{i}")(d)
+        return torch.cat([self.branch1x1(x), b7, d, self.branch_pool(_avg_pool_3x3(x))], 1)
+
+
+class InceptionD(nn.Module):
+    """Mixed_7a (grid reduction): (B, 768, 17, 17) -> (B, 1280, 8, 8)."""
+
+    def __init__(self, c_in: int):
+        super().__init__()
+        self.branch3x3_1 = BasicConv2d(c_in, 192, 1)
+        self.branch3x3_2 = BasicConv2d(192, 320, 3, stride=2)
+        self.branch7x7x3_1 = BasicConv2d(c_in, 192, 1)
+        self.branch7x7x3_2 = BasicConv2d(192, 192, (1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = BasicConv2d(192, 192, (7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = BasicConv2d(192, 192, 3, stride=2)
+
+    def forward(self, x):
+        b3 = self.branch3x3_2(self.branch3x3_1(x))
+        b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
+        return torch.cat([b3, b7, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+
+
+class FIDInceptionE(nn.Module):
+    """Mixed_7b (pool="avg", pytorch-fid's FIDInceptionE_1) and Mixed_7c (pool="max", FIDInceptionE_2):
+    (B, c_in, 8, 8) -> (B, 2048, 8, 8)."""
+
+    def __init__(self, c_in: int, pool: str):
+        super().__init__()
+        self.pool = pool
+        self.branch1x1 = BasicConv2d(c_in, 320, 1)
+        self.branch3x3_1 = BasicConv2d(c_in, 384, 1)
+        self.branch3x3_2a = BasicConv2d(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3_2b = BasicConv2d(384, 384, (3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = BasicConv2d(c_in, 448, 1)
+        self.branch3x3dbl_2 = BasicConv2d(448, 384, 3, padding=1)
+        self.branch3x3dbl_3a = BasicConv2d(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = BasicConv2d(384, 384, (3, 1), padding=(1, 0))
+        self.branch_pool = BasicConv2d(c_in, 192, 1)
+
+    def forward(self, x):
+        b3 = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)            # (B, 768, 8, 8)
+        d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        d = torch.cat([self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d)], 1)          # (B, 768, 8, 8)
+        # Mixed_7c's max pool is a quirk of the TF graph that FID is defined on (pytorch-fid comment)
+        pooled = _avg_pool_3x3(x) if self.pool == "avg" else F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
+        return torch.cat([self.branch1x1(x), b3, d, self.branch_pool(pooled)], 1)
+
+
+class FIDInceptionV3(nn.Module):
+    """images (B, 3, H, W) in [0, 1] -> pool3 features (B, 2048). Always run in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
+        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
+        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, 3, padding=1)
+        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, 1)
+        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, 3)
+        self.Mixed_5b = FIDInceptionA(192, pool_features=32)
+        self.Mixed_5c = FIDInceptionA(256, pool_features=64)
+        self.Mixed_5d = FIDInceptionA(288, pool_features=64)
+        self.Mixed_6a = InceptionB(288)
+        self.Mixed_6b = FIDInceptionC(768, c7=128)
+        self.Mixed_6c = FIDInceptionC(768, c7=160)
+        self.Mixed_6d = FIDInceptionC(768, c7=160)
+        self.Mixed_6e = FIDInceptionC(768, c7=192)
+        self.Mixed_7a = InceptionD(768)
+        self.Mixed_7b = FIDInceptionE(1280, pool="avg")
+        self.Mixed_7c = FIDInceptionE(2048, pool="max")
+        self.fc = nn.Linear(2048, 1008)  # in the weights file; never called (features are pool3)
+        self.eval()
+
+    def forward(self, x):
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)  # (B, 3, 299, 299)
+        x = 2 * x - 1                                                                 # [0, 1] -> [-1, 1]
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))             # (B, 64, 147, 147)
+        x = F.max_pool2d(x, kernel_size=3, stride=2)                                  # (B, 64, 73, 73)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))                                 # (B, 192, 71, 71)
+        x = F.max_pool2d(x, kernel_size=3, stride=2)                                  # (B, 192, 35, 35)
+        for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
+            x = getattr(self, f"Mixed_{name}")(x)                                     # ... -> (B, 2048, 8, 8)
+        return x.mean(dim=(2, 3))                                                     # pool3: (B, 2048)
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # BatchNorm must use the stored statistics (lucidrains #234)
+
+
+def load_inception_state(model: FIDInceptionV3, path) -> None:
+    """Strict load of pytorch-fid's weights file; ValueError naming the problem if it does not fit."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    for key, value in own.items():                 # files written before torch 0.4.1 lack these buffers
+        if key.endswith("num_batches_tracked"):
+            state.setdefault(key, value)
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or bad_shape:
+        raise ValueError(f"{path} is not the FID Inception v3 state dict: {len(missing)} missing keys "
+                         f"{missing[:2]}, {len(unexpected)} unexpected {unexpected[:2]}, "
+                         f"{len(bad_shape)} wrong shapes {bad_shape[:2]}")
+    model.load_state_dict(state, strict=True)
+
+# -----------------------------------------------------------------------------
+# proxy extractor: fixed random conv net (used only when the Inception weights are absent)
+
+
+class RandomConvFeatures(nn.Module):
+    """images (B, 3, H, W) in [0, 1] -> (B, 256): resize to 32x32, three 3x3 conv + ReLU stages
+    (64, 96, 96 channels at 32, 16, 8 px; 2x2 average pooling between), each stage's activations
+    averaged over space and concatenated. Weights ~ N(0, 2 / fan_in) from NumPy's legacy
+    RandomState(seed) (its stream is frozen by NumPy's compatibility policy, NEP 19), biases 0.
+    48 of the 64 first-stage filters have their spatial mean removed, so they see edges and
+    texture only; the other 16 carry colour. With all 64 plain, the features are dominated by
+    the images' colour variance and a blur of sigma 1 px scores like a held-out real set."""
+
+    widths = (64, 96, 96)
+    dc_free = 48  # first-stage filters with zero spatial mean (blind to flat colour, see docstring)
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        rng = np.random.RandomState(seed)
+        c_in = 3
+        for i, c_out in enumerate(self.widths):
+            w = rng.standard_normal((c_out, c_in, 3, 3)) * np.sqrt(2.0 / (c_in * 9))
+            if i == 0:  # edge/texture detectors: remove the spatial mean of the first 48 filters
+                w[:self.dc_free] -= w[:self.dc_free].mean(axis=(2, 3), keepdims=True)
+            self.register_buffer(f"w{i}", torch.from_numpy(w).float())
+            c_in = c_out
+        self.dim = sum(self.widths)
+
+    def forward(self, x):
+        if x.shape[-2:] != (32, 32):
+            x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+        x = 2 * x - 1                                                 # (B, 3, 32, 32) in [-1, 1]
+        pooled = []
+        for i in range(len(self.widths)):
+            if i > 0:
+                x = F.avg_pool2d(x, 2)                                # (B, C, H/2, W/2)
+            x = F.relu(F.conv2d(x, getattr(self, f"w{i}"), padding=1))  # (B, C_i, H, W)
+            pooled.append(x.mean(dim=(2, 3)))                         # (B, C_i)
+        return torch.cat(pooled, dim=1)                               # (B, 256)
+
+# -----------------------------------------------------------------------------
+# feature extractor: the one object train_imagenet.py holds
+
+
+def default_weights_path() -> Path:
+    """$TORCH_HOME/hub/checkpoints/<file> (torch.hub.get_dir honours TORCH_HUB / TORCH_HOME)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+
+
+class FeatureExtractor:
+    """A frozen network plus its name; ``features`` maps images to an (N, dim) array."""
+
+    def __init__(self, net: nn.Module, name: str, dim: int, device):
+        self.net = net.to(device).eval()
+        self.name, self.dim, self.device = name, dim, torch.device(device)
+        self.is_proxy = name != INCEPTION_NAME
+
+    @classmethod
+    def load(cls, weights=None, device=None) -> "FeatureExtractor":
+        """Inception from ``weights`` (must exist) or the hub cache; else the proxy net."""
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if weights is not None and not os.path.isfile(weights):
+            raise ValueError(f"inception weights not found: {weights}")
+        path = Path(weights) if weights is not None else default_weights_path()
+        if not path.is_file():
+            return cls(RandomConvFeatures(seed=0), PROXY_NAME, sum(RandomConvFeatures.widths), device)
+        net = FIDInceptionV3()
+        load_inception_state(net, path)
+        return cls(net, INCEPTION_NAME, 2048, device)
+
+    @torch.no_grad()
+    def features(self, images, batch_size: int = 200, progress: bool = False) -> np.ndarray:
+        """images (N, 3, H, W): uint8 in [0, 255] or float in [-1, 1] (numpy or torch) -> (N, dim) float32."""
+        images = torch.as_tensor(images)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (N, 3, H, W), got shape {tuple(images.shape)}")
+        if images.dtype != torch.uint8 and images.numel() and (images.min() < -1.001 or images.max() > 1.001):
+            raise ValueError(f"float images must lie in [-1, 1], got [{images.min():.3g}, {images.max():.3g}]")
+        out = []
+        for start in tqdm(range(0, len(images), batch_size), desc=f"features ({self.name})", disable=not progress):
+            x = images[start:start + batch_size].to(self.device)
+            x = x.float() / 255 if x.dtype == torch.uint8 else (x.float() + 1) / 2   # (b, 3, H, W) in [0, 1]
+            out.append(self.net(x).cpu().numpy())                                     # (b, dim)
+        return np.concatenate(out, axis=0) if out else np.zeros((0, self.dim), np.float32)
+
+# -----------------------------------------------------------------------------
+# command line: python fid.py PATH_A PATH_B
+
+
+def image_paths(folder) -> list[Path]:
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"no PNG/JPEG images in {folder}")
+    return paths
+
+
+def folder_features(ext: FeatureExtractor, folder, batch_size: int, progress: bool) -> np.ndarray:
+    """Features of every image in a folder, read one batch at a time (all images must share a size)."""
+    from PIL import Image
+    paths, out, size = image_paths(folder), [], None
+    for start in tqdm(range(0, len(paths), batch_size), desc=f"{Path(folder).name}", disable=not progress):
+        batch = [np.asarray(Image.open(p).convert("RGB")) for p in paths[start:start + batch_size]]  # (H, W, 3)
+        size = size or batch[0].shape
+        if any(a.shape != size for a in batch):
+            raise ValueError(f"images in {folder} differ in size (expected {size[1]}x{size[0]})")
+        out.append(ext.features(np.stack(batch).transpose(0, 3, 1, 2), batch_size))  # (b, 3, H, W) -> (b, dim)
+    return np.concatenate(out, axis=0)
+
+
+def path_stats(path, ext: FeatureExtractor | None, batch_size: int, progress: bool) -> Stats:
+    if str(path).endswith(".npz"):
+        return load_stats(path)
+    return Stats.from_features(folder_features(ext, path, batch_size, progress), ext.name)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="FID between two image folders or .npz statistics files.")
+    p.add_argument("path_a", help="folder of PNG/JPEG images, or .npz statistics")
+    p.add_argument("path_b", nargs="?", help="second folder or .npz (optional with --save-stats)")
+    p.add_argument("--inception-weights", default=None, help=f"{INCEPTION_FILE} (default: torch hub cache)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--save-stats", default=None, metavar="OUT.npz", help="write PATH_A's statistics here")
+    p.add_argument("--sampler-steps", type=int, default=None, help="DDIM steps of the generated set (printed)")
+    args = p.parse_args(argv)
+    if args.path_b is None and args.save_stats is None:
+        p.error("PATH_B is required unless --save-stats is given")
+    if args.batch_size < 1:
+        p.error("--batch-size must be >= 1")
+    for path in (args.path_a, args.path_b):
+        if path is not None and not (os.path.isdir(path) or (path.endswith(".npz") and os.path.isfile(path))):
+            print(f"error: not a folder of images or an .npz file: {path}", file=sys.stderr)
+            raise SystemExit(2)
+    try:
+        needs_net = any(x is not None and not x.endswith(".npz") for x in (args.path_a, args.path_b))
+        ext = FeatureExtractor.load(args.inception_weights, args.device) if needs_net else None
+        if ext is not None and ext.is_proxy:
+            print(f"warning: {INCEPTION_FILE} not found (looked in {default_weights_path().parent}); "
+                  f"using {PROXY_NAME}: {PROXY_NOTE}", file=sys.stderr)
+        stats_a = path_stats(args.path_a, ext, args.batch_size, progress=True)
+        if args.save_stats:
+            save_stats(args.save_stats, stats_a)
+            print(f"saved statistics of {args.path_a} ({stats_a.extractor}, n={stats_a.n}) to {args.save_stats}")
+        if args.path_b is not None:
+            stats_b = path_stats(args.path_b, ext, args.batch_size, progress=True)
+            print(fid_from_stats(stats_a, stats_b, args.sampler_steps).format())
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()
