@@ -117,16 +117,17 @@ class Config:
     workers: int = 0  # processes for demo collection (0 = all CPU cores)
     data_dir: str = "data"  # demo cache
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    threads: int = 0  # torch CPU threads (0 = torch's default; 1 is fastest on a busy 2-core machine)
     progress: bool = True  # tqdm bars
 
 # fields that do not change the numbers a run produces (ignored when a resumed config is compared)
-RUNTIME_FIELDS = ("workers", "data_dir", "device", "progress", "log_every", "ckpt_every")
+RUNTIME_FIELDS = ("workers", "data_dir", "device", "threads", "progress", "log_every", "ckpt_every")
 
 PRESETS = {
     "paper": {},
-    "small": dict(model="small", batch_size=64, steps_per_task=300, fisher_samples=512, replay_rollouts=8,
-                  replay_windows=25, demos_per_task=30, ddim_steps=10, eval_episodes=10, curve_episodes=4,
-                  rollout_batch=10, log_every=50, ckpt_every=100, dense_schedule=False),
+    "small": dict(model="small", batch_size=32, steps_per_task=300, fisher_samples=256, replay_rollouts=5,
+                  replay_windows=40, demos_per_task=30, ddim_steps=5, eval_episodes=10, curve_episodes=10,
+                  rollout_batch=10, log_every=50, ckpt_every=250, dense_schedule=False),
     "smoke": dict(model="tiny", tasks="hammer,push-wall", batch_size=8, steps_per_task=12, fisher_samples=16,
                   replay_rollouts=2, replay_windows=4, demos_per_task=3, demo_keep="all", max_path_length=20,
                   ddim_steps=2, eval_episodes=2, curve_episodes=2, rollout_batch=2, log_every=4, ckpt_every=5,
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "per (config, task), then <out>/table5.md")
     p.add_argument("--bench", action="store_true", help="print throughput measurements and exit")
     p.add_argument("--bench-steps", type=int, default=3, help="timed training steps per method in --bench")
+    p.add_argument("--bench-presets", default="paper,small", help="presets whose training steps/s --bench measures")
     for f in fields(Config):
         kind = _bool if f.type in ("bool", bool) else {"int": int, "float": float, "str": str}.get(f.type, f.type)
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
@@ -315,13 +317,15 @@ def obs_bounds(env) -> tuple[np.ndarray, np.ndarray]:
     Layout (Meta-World v3): [0:3] hand xyz, [3] gripper, [4:7] object 1 xyz, [7:11] object 1 quaternion,
     [11:14] object 2 xyz, [14:18] object 2 quaternion, [18:36] the same 18 values one step earlier, [36:39] goal.
     The observation space is finite only for the hand and gripper (the hand box of SawyerXYZEnv); object and goal
-    positions live in the same workspace, so they reuse the hand box; quaternions lie in [-1, 1]. The bounds are
+    positions live in the same workspace, so they reuse the hand box widened to include 0 (the padding of absent
+    objects, e.g. the second object of push); quaternions lie in [-1, 1]. The bounds are
     the same for every task, so normalisation never uses data of tasks not yet seen. Values outside are not clipped.
     """
     low, high = env.observation_space.low[:4].astype(np.float64), env.observation_space.high[:4].astype(np.float64)
-    pos_lo, pos_hi = low[:3], high[:3]
-    frame_lo = np.concatenate([pos_lo, low[3:4], pos_lo, -np.ones(4), pos_lo, -np.ones(4)])  # (18,)
-    frame_hi = np.concatenate([pos_hi, high[3:4], pos_hi, np.ones(4), pos_hi, np.ones(4)])
+    hand_lo, hand_hi = low[:3], high[:3]
+    pos_lo, pos_hi = np.minimum(hand_lo, 0.0), np.maximum(hand_hi, 0.0)  # absent objects are zero-padded
+    frame_lo = np.concatenate([hand_lo, low[3:4], pos_lo, -np.ones(4), pos_lo, -np.ones(4)])  # (18,)
+    frame_hi = np.concatenate([hand_hi, high[3:4], pos_hi, np.ones(4), pos_hi, np.ones(4)])
     lo = np.concatenate([frame_lo, frame_lo, pos_lo]).astype(np.float32)  # (39,)
     hi = np.concatenate([frame_hi, frame_hi, pos_hi]).astype(np.float32)
     return lo, hi
@@ -868,11 +872,13 @@ def bench_train(cfg: Config, device, reps: int) -> dict:
     return result
 
 
-def bench(cfg: Config, reps: int) -> None:
+def bench(cfg: Config, reps: int, presets: list[str]) -> None:
     device = resolve_device(cfg)
     rows = []
-    for name in ("paper", "small"):
-        c = dataclasses.replace(Config(), **PRESETS[name], seed=cfg.seed) if name == "small" else Config(seed=cfg.seed)
+    for name in presets:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r} in --bench-presets")
+        c = dataclasses.replace(Config(**PRESETS[name]), seed=cfg.seed, device=cfg.device)
         for method, its in bench_train(c, device, reps).items():
             rows.append((f"train steps/s, {name} config (model {c.model}, batch {c.batch_size})", method, f"{its:.3f}"))
         print(rows[-1], flush=True)
@@ -919,8 +925,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             cfg = config_from_args(args)
         validate(cfg)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         if args.bench:
-            bench(cfg, args.bench_steps)
+            bench(cfg, args.bench_steps, [p for p in args.bench_presets.split(",") if p])
             return
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = args.resume or args.out or os.path.join("runs", f"{cfg.method}__{cfg.seed}__{stamp}")
