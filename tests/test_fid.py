@@ -48,6 +48,20 @@ def test_diagonal_covariances_closed_form():
     assert fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
 
 
+def test_eigh_form_matches_sqrtm_form():
+    rng = np.random.default_rng(4)
+    mu1, mu2 = rng.standard_normal(32), rng.standard_normal(32)
+    s1, s2 = random_spd(32, rng), random_spd(32, rng)
+    plain = fid.frechet_distance(mu1, s1, mu2, s2)
+    assert fid.frechet_distance_eigh(mu1, s1, mu2, s2) == pytest.approx(plain, rel=1e-10)
+    root = fid.psd_sqrt(s1)
+    np.testing.assert_allclose(root @ root, s1, atol=1e-12)
+    assert fid.frechet_distance_eigh(mu1, s1, mu2, s2, sqrt_sigma1=root) == pytest.approx(plain, rel=1e-10)
+    a, b = fid.Stats(mu1, s1, 100, "inception"), fid.Stats(mu2, s2, 100, "inception")
+    assert fid.fid_from_stats(a, b, fast=True).value == pytest.approx(plain, rel=1e-10)
+    assert a.sqrt_sigma is not None and fid.fid_from_stats(a, b, fast=True).value == pytest.approx(plain, rel=1e-10)
+
+
 def test_large_imaginary_component_fails():
     # S1 S2 = diag(1, -1): its square root has imaginary part 1 on the diagonal
     with pytest.raises(ValueError, match="imaginary"):
