@@ -83,7 +83,7 @@ PROXY_NOTE = "FID-proxy, not comparable to published FID"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 # -----------------------------------------------------------------------------
-# Frechet distance (Heusel et al. 2017, Eq. 6; numerics of pytorch-fid)
+# Frechet distance (Heusel et al. 2017; numerics of pytorch-fid)
 
 _RANK_WARNED = False  # statistics() warns about rank-deficient covariances once per process
 
@@ -110,16 +110,22 @@ def _sqrtm(a: np.ndarray) -> np.ndarray:
         return scipy.linalg.sqrtm(a)
 
 
+def _as_stats(mu1, sigma1, mu2, sigma2):
+    """float64 (dim,), (dim, dim) arrays; ValueError if the shapes disagree."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+    return mu1, sigma1, mu2, sigma2
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     """d^2 = ||mu1 - mu2||^2 + Tr S1 + Tr S2 - 2 Tr sqrtm(S1 S2), in float64.
 
     Non-finite sqrtm -> retry with eps*I added to both covariances; complex sqrtm -> ValueError if
     max |imag(diag)| > 1e-3, else its real part (pytorch-fid's rule).
     """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
-        raise ValueError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+    mu1, sigma1, mu2, sigma2 = _as_stats(mu1, sigma1, mu2, sigma2)
     diff = mu1 - mu2
     covmean = _sqrtm(sigma1 @ sigma2)                                   # sqrtm(S1 S2)
     if not np.isfinite(covmean).all():
@@ -151,8 +157,7 @@ def frechet_distance_eigh(mu1, sigma1, mu2, sigma2, sqrt_sigma1=None) -> float:
     continuity). Agrees with ``frechet_distance`` to round-off for full-rank covariances (tested);
     it never fails, where the sqrtm form may raise on rank-deficient ones.
     """
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    mu1, sigma1, mu2, sigma2 = _as_stats(mu1, sigma1, mu2, sigma2)
     root = psd_sqrt(sigma1) if sqrt_sigma1 is None else np.asarray(sqrt_sigma1, np.float64)
     lam = np.linalg.eigvalsh(root @ sigma2 @ root)                      # eigenvalues of S1 S2
     diff = mu1 - mu2
