@@ -222,14 +222,16 @@ class FIDResult:
 
 
 def fid_from_stats(a: Stats, b: Stats, sampler_steps: int | None = None, fast: bool = False) -> FIDResult:
-    """FID between two Stats computed with the same extractor; fast=True uses frechet_distance_eigh
-    with a's square root cached on a (pass the fixed reference set as a)."""
+    """FID between two Stats computed with the same extractor. fast=True uses frechet_distance_eigh
+    and caches psd_sqrt(sigma) on b (or uses a's cache if a has one): pass the fixed reference set
+    as b and its root is computed once across evaluations."""
     if a.extractor != b.extractor:
         raise ValueError(f"statistics come from different extractors: {a.extractor!r} vs {b.extractor!r}")
-    if fast:
-        if a.sqrt_sigma is None:
-            a.sqrt_sigma = psd_sqrt(a.sigma)     # reused when a is the reference of many evaluations
-        value = frechet_distance_eigh(a.mu, a.sigma, b.mu, b.sigma, sqrt_sigma1=a.sqrt_sigma)
+    if fast:  # d is symmetric: root the side that has a cached sqrt_sigma, else compute and cache b's
+        ref, other = (a, b) if a.sqrt_sigma is not None else (b, a)
+        if ref.sqrt_sigma is None:
+            ref.sqrt_sigma = psd_sqrt(ref.sigma)
+        value = frechet_distance_eigh(ref.mu, ref.sigma, other.mu, other.sigma, sqrt_sigma1=ref.sqrt_sigma)
     else:
         value = frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
     return FIDResult(value, a.n, b.n, a.extractor, a.extractor != INCEPTION_NAME, sampler_steps)

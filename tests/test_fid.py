@@ -61,7 +61,9 @@ def test_eigh_form_matches_sqrtm_form():
     assert fid.fid_from_stats(a, b, fast=True).value == pytest.approx(plain, rel=1e-10)
     with pytest.raises(ValueError, match="mismatched"):
         fid.frechet_distance_eigh(mu1, s1, mu2[:4], s2)
-    assert a.sqrt_sigma is not None and fid.fid_from_stats(a, b, fast=True).value == pytest.approx(plain, rel=1e-10)
+    assert b.sqrt_sigma is not None and a.sqrt_sigma is None                 # cached on the reference side b
+    assert fid.fid_from_stats(b, a, fast=True).value == pytest.approx(plain, rel=1e-10)   # symmetric, reuses b's
+    assert a.sqrt_sigma is None
 
 
 def test_large_imaginary_component_fails():
@@ -271,7 +273,7 @@ def test_proxy_ranks_degradations():
     ref = fid.Stats.from_features(ext.features(real), ext.name)
 
     def score(images):
-        return fid.fid_from_stats(ref, fid.Stats.from_features(ext.features(images), ext.name), fast=True).value
+        return fid.fid_from_stats(fid.Stats.from_features(ext.features(images), ext.name), ref, fast=True).value
 
     base = score(held_out)
     blurred = [score(gaussian_blur(held_out, s)) for s in (1.0, 2.0, 3.0)]
