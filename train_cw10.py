@@ -128,9 +128,9 @@ PRESETS = {
     "small": dict(model="small", batch_size=32, steps_per_task=300, fisher_samples=256, replay_rollouts=5,
                   replay_windows=40, demos_per_task=30, ddim_steps=5, eval_episodes=10, curve_episodes=10,
                   rollout_batch=10, log_every=50, ckpt_every=250, dense_schedule=False),
-    "smoke": dict(model="tiny", tasks="hammer,push-wall", batch_size=8, steps_per_task=12, fisher_samples=16,
+    "smoke": dict(model="tiny", tasks="hammer,push-wall", batch_size=8, steps_per_task=8, fisher_samples=16,
                   replay_rollouts=2, replay_windows=4, demos_per_task=3, demo_keep="all", max_path_length=20,
-                  ddim_steps=2, eval_episodes=2, curve_episodes=2, rollout_batch=2, log_every=4, ckpt_every=5,
+                  ddim_steps=2, eval_episodes=2, curve_episodes=2, rollout_batch=2, log_every=4, ckpt_every=3,
                   workers=1, progress=False),
 }
 
@@ -542,6 +542,13 @@ def build_model(cfg: Config, device) -> torch.nn.Module:
                              horizon=cfg.horizon).to(device)
 
 
+def make_loss_fn(sched):
+    """loss_fn(model, batch, generator=None) -> (B,): Eq. 3 per sample (noise pre-drawn in a 4-tuple batch)."""
+    def loss_fn(model, batch, generator=None):
+        return diffusion.batch_loss(model, sched, batch, generator)
+    return loss_fn
+
+
 class _LearnerConfig:
     """The learner-facing view of Config (make_learner reads lr, lam, beta, inner_lr, vr_momentum, grad_clip)."""
 
@@ -562,10 +569,7 @@ def estimate_fisher(model, sched, data: WindowDataset, cfg: Config, k: int, devi
             x0, cond = data.sample(min(cfg.batch_size, cfg.fisher_samples - start), g_idx)
             yield diffusion.with_noise(sched, (x0.to(device), cond.to(device)), g_noise)
 
-    def per_sample_loss(m, batch):
-        return diffusion.batch_loss(m, sched, batch)  # Eq. 3 per sample, noise pre-drawn
-
-    return fisher.Rank1Fisher.estimate(model, per_sample_loss, batches, progress=cfg.progress)
+    return fisher.Rank1Fisher.estimate(model, make_loss_fn(sched), batches, progress=cfg.progress)
 
 
 def replay_samples(teacher, sched, cfg: Config, task: str, k: int, env_cache, lo, hi, device):
@@ -591,8 +595,8 @@ class Run:
         self.model = build_model(cfg, self.device)
         kind = meta_baselines.replay_kind(cfg.method)
         self.replay_loss = replay.make_replay_loss(kind, self.sched) if kind else None
-        self.learner = meta_baselines.make_learner(cfg.method, self.model, self.loss_fn, self.replay_loss,
-                                                   _LearnerConfig(cfg))
+        self.learner = meta_baselines.make_learner(cfg.method, self.model, make_loss_fn(self.sched),
+                                                   self.replay_loss, _LearnerConfig(cfg))
         self.pool = replay.ReplayPool()
         self.R = []  # score matrix rows, appended as tasks finish (metrics.py notation)
         self.curves = {}  # str(j) -> [(global_step, in_task_step, training_task, score)]
@@ -600,9 +604,6 @@ class Run:
         self.env_cache = EnvCache(cfg.max_path_length)
         self.lo, self.hi = obs_bounds(self.env_cache.get(self.tasks[0], 1)[0])
         self.logger = metrics.JsonlLogger(os.path.join(out, "metrics.jsonl"))
-
-    def loss_fn(self, model, batch, generator=None):
-        return diffusion.batch_loss(model, self.sched, batch, generator)  # Eq. 3, (B,)
 
     @property
     def global_step(self) -> int:
@@ -854,21 +855,18 @@ def bench_train(cfg: Config, device, reps: int) -> dict:
     result = {}
     for method in meta_baselines.METHODS:
         c = dataclasses.replace(cfg, method=method)
-        run = Run.__new__(Run)
-        run.cfg, run.device, run.sched = c, device, diffusion.Schedule(c.train_timesteps)
-        run.model = build_model(c, device)
+        sched, model = diffusion.Schedule(c.train_timesteps), build_model(c, device)
         kind = meta_baselines.replay_kind(method)
-        run.replay_loss = replay.make_replay_loss(kind, run.sched, replay.frozen_copy(run.model)) if kind else None
-        learner = meta_baselines.make_learner(method, run.model, run.loss_fn, run.replay_loss, _LearnerConfig(c))
+        replay_loss = replay.make_replay_loss(kind, sched, replay.frozen_copy(model)) if kind else None
+        learner = meta_baselines.make_learner(method, model, make_loss_fn(sched), replay_loss, _LearnerConfig(c))
         if meta_baselines.uses_fisher(method):
-            batches = [diffusion.with_noise(run.sched, windows(min(B, 64)))]
-            learner.add_fisher(fisher.Rank1Fisher.estimate(run.model, lambda m, b: diffusion.batch_loss(
-                m, run.sched, b), batches))
+            batches = [diffusion.with_noise(sched, windows(min(B, 64)))]
+            learner.add_fisher(fisher.Rank1Fisher.estimate(model, make_loss_fn(sched), batches))
         pool = replay.ReplayPool()
         pool.add(0, *windows(4 * B))
         batch, rb = windows(B), pool.sample(replay_batch_size(c), g, device) if kind else None
         result[method] = 1.0 / _timed(lambda: learner.step(batch, rb, generator=None), reps, device)
-        del run, learner
+        del model, learner, replay_loss
     return result
 
 
