@@ -223,12 +223,13 @@ class Rank1Fisher:
         """Plain reference: one backward per sample (the authors' loop). Same estimator as `estimate`."""
         plist = params_list(model)
         with _eval_mode(model):
-            gs = []
+            mu, n = 0.0, 0
             for batch in _passes(batches, 0):
                 for i in range(_batch_size(batch)):
                     li = _checked(per_sample_loss(model, _take(batch, i)), _take(batch, i))
-                    gs.append(flatten(torch.autograd.grad(li.sum(), plist)).double())
-            mu = torch.stack(gs).mean(0)                                            # mu = mean_i g_i
+                    mu = mu + flatten(torch.autograd.grad(li.sum(), plist)).double()  # running sum of g_i
+                    n += 1
+            mu = mu / n                                                             # mu = mean_i g_i
             s2 = []
             for batch in _passes(batches, 1):
                 for i in range(_batch_size(batch)):
@@ -236,7 +237,7 @@ class Rank1Fisher:
                     gi = flatten(torch.autograd.grad(li.sum(), plist)).double()
                     s2.append(float(mu @ gi) ** 2)                                  # (mu^T g_i)^2
         c_star = (sum(s2) / len(s2)) / float(mu @ mu) ** 2
-        return cls(mu.to(store_dtype), c_star, float(mu @ flat_params(model).double()), len(gs))
+        return cls(mu.to(store_dtype), c_star, float(mu @ flat_params(model).double()), n)
 
 
 def _diagnostics(model, per_sample_loss, batches, mu, limit: int) -> dict:
