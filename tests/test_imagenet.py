@@ -163,7 +163,7 @@ def test_config_defaults_are_table3_and_flags_generated():
     assert (cfg.num_tasks, cfg.classes_per_task, cfg.model, cfg.dataset) == (10, 50, "paper", "imagenet32")
     args = ti.build_parser().parse_args(["--preset", "small", "--lam", "7", "--no-replay-rebuild"])
     small = ti.resolve_config(args)
-    assert small.lam == 7 and small.replay_rebuild is False and small.dataset == "shapes" and small.model == "small"
+    assert small.lam == 7 and small.replay_rebuild is False and small.dataset == "shapes" and small.num_tasks == 5
 
 
 def test_batches_walk_epoch_permutations():
@@ -215,7 +215,7 @@ def _check_run(out, method):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == method and summary["experiment"] == "imagenet" and summary["n_tasks_trained"] == 2
     assert summary["R"][0][1] is None and all(isinstance(v, float) for v in summary["R"][1])
-    assert summary["transitions"] == [8] and len(summary["task1_curve"]) == 8  # 2, 4, 6, 8 in each task
+    assert summary["transitions"] == [4] and len(summary["task1_curve"]) == 4  # steps 2 and 4 of each task
     assert set(summary["reconvergence"]["T1"]) == {"0.1", "0.2", "0.3"}
     for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "figure2.png", "samples_after_task01.png",
                  "samples_after_task02.png"):
@@ -237,8 +237,8 @@ def _records(out):
 
 def test_sigkill_then_resume_gives_identical_summary(tmp_path, tr_run):
     out = tmp_path / "run"
-    # global step 14 = task 2, step 6: the last checkpoint was at task 2 step 4 (checkpoint_every 4)
-    env = dict(os.environ, TRAIN_IMAGENET_SIGKILL_AT_STEP="14")
+    # global step 7 = task 2, step 3: the last checkpoint was at task 2 step 2 (checkpoint_every 2)
+    env = dict(os.environ, TRAIN_IMAGENET_SIGKILL_AT_STEP="7")
     proc = run_script(out, "--method", "tr", env=env)
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "summary.json").read_text() == (tr_run / "summary.json").read_text()  # only task 1 done
