@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "extraction images/s for this configuration, then exit")
     p.add_argument("--bench-methods", default="finetune,replay,tr", help="comma-separated methods for --bench")
     p.add_argument("--bench-steps", type=int, default=10, help="timed steps per method for --bench")
+    p.add_argument("--bench-fid-images", type=int, default=1000, help="images fed to the FID extractor by --bench")
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
@@ -753,7 +754,7 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench(cfg: Config, methods: list[str], n_steps: int) -> list[dict]:
+def bench(cfg: Config, methods: list[str], n_steps: int, fid_images: int = 1000) -> list[dict]:
     """Time n_steps learner updates per method on random data of the configured model and batch sizes.
 
     Replay methods get a random replay batch (replay_ratio x batch); ewc/tr carry one rank-1 Fisher (the
@@ -804,7 +805,7 @@ def bench(cfg: Config, methods: list[str], n_steps: int) -> list[dict]:
     extractors = [fid.FeatureExtractor.load(cfg.inception_weights or None, device)]
     if extractors[0].is_proxy:  # no weights file: time the Inception network anyway, with random weights
         extractors.append(fid.FeatureExtractor(fid.FIDInceptionV3(), "inception-random-weights", 2048, device))
-    imgs = torch.randint(0, 256, (2 * cfg.sample_batch, 3, 32, 32), dtype=torch.uint8, generator=g)
+    imgs = torch.randint(0, 256, (fid_images, 3, 32, 32), dtype=torch.uint8, generator=g)
     for extractor in extractors:
         extractor.features(imgs[:8], batch_size=8)  # warm-up
         _sync(device)
@@ -833,7 +834,7 @@ def main(argv=None) -> None:
     try:
         validate_config(cfg)
         if args.bench:
-            bench(cfg, [m for m in args.bench_methods.split(",") if m], args.bench_steps)
+            bench(cfg, [m for m in args.bench_methods.split(",") if m], args.bench_steps, args.bench_fid_images)
             return
         out = Path(args.out) if args.out else default_out(cfg)
         resume = None

@@ -179,7 +179,8 @@ def test_batches_walk_epoch_permutations():
 def test_bench_prints_rates(capsys):
     threads = torch.get_num_threads()
     try:  # one thread: the tiny model is far faster so (and --threads is process-wide: restore it)
-        ti.main(["--preset", "smoke", "--bench", "--bench-methods", "finetune,tr", "--bench-steps", "1"])
+        ti.main(["--preset", "smoke", "--bench", "--bench-methods", "finetune,tr", "--bench-steps", "1",
+                 "--bench-fid-images", "2"])
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
