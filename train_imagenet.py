@@ -738,10 +738,11 @@ def train(cfg: Config, out: Path, resume: dict | None) -> dict:
                 os.kill(os.getpid(), signal.SIGKILL)
         end_of_task(cfg, k, out, state, model, learner, pool, replay_loss, sched, train_set, rows, evaluator,
                     device, logger.log)
-        summary = write_summary(out, cfg, state, extractor, n_params)
+        write_summary(out, cfg, state, extractor, n_params)  # a partial run keeps a valid summary
         save_checkpoint(out, cfg, state, model, learner, pool, replay_loss)
     summary = write_summary(out, cfg, state, extractor, n_params)
-    print(f"AFID {summary['average']:.2f}  forgetting {summary['forgetting'] if summary['forgetting'] is None else round(summary['forgetting'], 2)}  -> {out / 'summary.json'}")
+    forgetting = "n/a" if summary["forgetting"] is None else f"{summary['forgetting']:.2f}"
+    print(f"AFID {summary['average']:.2f}  forgetting {forgetting}  ({extractor.name})  -> {out / 'summary.json'}")
     return summary
 
 
