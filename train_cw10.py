@@ -866,20 +866,15 @@ def bench_train(cfg: Config, device, reps: int) -> dict:
         pool.add(0, *windows(4 * B))
         batch, rb = windows(B), pool.sample(replay_batch_size(c), g, device) if kind else None
         result[method] = 1.0 / _timed(lambda: learner.step(batch, rb, generator=None), reps, device)
+        print(f"bench {c.model} batch {B}: {method} {result[method]:.3f} steps/s", flush=True)
         del model, learner, replay_loss
     return result
 
 
 def bench(cfg: Config, reps: int, presets: list[str]) -> None:
+    """Print a table: batched vs one-at-a-time rollouts, demo collection speed, training steps/s per method."""
     device = resolve_device(cfg)
     rows = []
-    for name in presets:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r} in --bench-presets")
-        c = dataclasses.replace(Config(**PRESETS[name]), seed=cfg.seed, device=cfg.device)
-        for method, its in bench_train(c, device, reps).items():
-            rows.append((f"train steps/s, {name} config (model {c.model}, batch {c.batch_size})", method, f"{its:.3f}"))
-        print(rows[-1], flush=True)
     # batched vs one-at-a-time rollouts, with this run's model and sampler settings
     env_cache, sched, task = EnvCache(cfg.max_path_length), diffusion.Schedule(cfg.train_timesteps), task_list(cfg)[0]
     model = build_model(cfg, device)
@@ -893,6 +888,7 @@ def bench(cfg: Config, reps: int, presets: list[str]) -> None:
         times[batch] = time.perf_counter() - start
     rows.append((f"rollouts: {n} episodes x {cfg.max_path_length} steps, DDIM {cfg.ddim_steps}, model {cfg.model}",
                  "batched / serial speed-up", f"{times[1] / times[n]:.2f}x ({times[n]:.1f}s vs {times[1]:.1f}s)"))
+    print(rows[-1], flush=True)
     # demo collection
     c = dataclasses.replace(cfg, demo_keep="all", workers=cfg.workers or os.cpu_count() or 1)
     n_demo = max(c.workers * 4, 8)
@@ -900,8 +896,16 @@ def bench(cfg: Config, reps: int, presets: list[str]) -> None:
     start = time.perf_counter()
     collect_demos(c, task)
     per_ep = (time.perf_counter() - start) / n_demo
-    rows.append((f"demo collection ({task}, {c.workers} workers, {cfg.max_path_length}-step episodes)",
-                 "episodes/s; est. 10 x 2,500", f"{1 / per_ep:.1f}/s; {per_ep * 25_000 / 60:.0f} min"))
+    rows.append((f"demo collection ({n_demo} {task} episodes, {c.workers} workers, {cfg.max_path_length} steps)",
+                 "episodes/s; est. 10 x 2,500", f"{1 / per_ep:.2f}/s; {per_ep * 25_000 / 60:.0f} min"))
+    print(rows[-1], flush=True)
+    # training steps/s per method
+    for name in presets:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r} in --bench-presets")
+        c = dataclasses.replace(Config(**PRESETS[name]), seed=cfg.seed, device=cfg.device)
+        for method, its in bench_train(c, device, reps).items():
+            rows.append((f"train steps/s, {name} config (model {c.model}, batch {c.batch_size})", method, f"{its:.3f}"))
     print(f"\nbench on {device} ({torch.get_num_threads()} torch threads), torch {torch.__version__}")
     print("| measurement | method / quantity | value |\n|---|---|---|")
     for r in rows:
@@ -925,6 +929,8 @@ def main(argv: list[str] | None = None) -> None:
         validate(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if resolve_device(cfg).type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls (convolutions use TF32 by default)
         if args.bench:
             bench(cfg, args.bench_steps, [p for p in args.bench_presets.split(",") if p])
             return
