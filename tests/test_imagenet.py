@@ -248,3 +248,11 @@ def test_sigkill_then_resume_gives_identical_summary(tmp_path, tr_run):
     assert "resuming" in proc.stdout
     assert (out / "summary.json").read_text() == (tr_run / "summary.json").read_text()
     assert _records(out) == _records(tr_run)
+
+
+def test_smoke_on_imagenet32_npz_files(tmp_path):
+    write_imagenet32(tmp_path / "data")
+    proc = run_script(tmp_path / "run", "--method", "finetune", *_imagenet_args(tmp_path / "data"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["extra"]["dataset"] == "imagenet32" and summary["task_names"][1] == "T2 (classes 3-5)"
