@@ -48,14 +48,13 @@ import dataclasses
 import datetime
 import functools
 import json
-import math
 import multiprocessing
 import os
 import sys
 import time
 import warnings
 import zlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
