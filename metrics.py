@@ -73,12 +73,17 @@ SUMMARY_FIELDS = ("method", "seed", "experiment", "task_names", "n_tasks_trained
 
 def atomic_write_text(path, text):
     """Write `text` to path + ".tmp", fsync, then os.replace: readers see the old file or the new one, never half."""
+    _atomic_write(path, "w", lambda f: f.write(text))
+
+
+def _atomic_write(path, mode, write):
+    """Call write(f) on path + ".tmp" opened with `mode`, fsync, os.replace; no .tmp survives a failure."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -94,18 +99,7 @@ def atomic_write_json(path, obj):
 def atomic_torch_save(obj, path):
     import torch  # local: the aggregation CLI does not need torch
 
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
 
 
 def read_jsonl(path):
