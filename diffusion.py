@@ -103,6 +103,11 @@ def batch_loss(model, sched: Schedule, batch, generator=None) -> torch.Tensor:
     raise ValueError(f"a batch is (x0, cond) or (x0, cond, t, eps); got a tuple of {len(batch)}")
 
 
+def loss_fn(sched: Schedule):
+    """batch_loss bound to a schedule: fn(model, batch, generator=None) -> (B,), the learners' loss interface."""
+    return lambda model, batch, generator=None: batch_loss(model, sched, batch, generator)
+
+
 def with_noise(sched: Schedule, batch, generator=None):
     """(x0, cond) -> (x0, cond, t, eps) with noise drawn now, so the loss is deterministic."""
     x0, cond = batch[0], batch[1]

@@ -323,7 +323,7 @@ def _bench(argv=None):
     import time
 
     import unet
-    from diffusion import Schedule, batch_loss, with_noise
+    from diffusion import Schedule, loss_fn, with_noise
 
     p = argparse.ArgumentParser(description=_bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="unet1d_small",
@@ -348,7 +348,7 @@ def _bench(argv=None):
         make = lambda n: (torch.rand(n, 3, 32, 32, generator=g, device=dev) * 2 - 1,
                           torch.randint(0, 500, (n,), generator=g, device=dev))
     batches = [with_noise(s, make(a.batch), g) for _ in range(a.samples // a.batch)]
-    loss = lambda m, b: batch_loss(m, s, b)
+    loss = loss_fn(s)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     Rank1Fisher.estimate(model, loss, batches[:1], diag_samples=0)          # warm-up
     sync(); t0 = time.perf_counter()

@@ -245,7 +245,7 @@ def make_learner(method, model, loss_fn, replay_loss_fn, cfg):
     _check(method)
     lr = getattr(cfg, "lr", 2e-4)  # Tables 3-4
     beta = getattr(cfg, "beta", 1.0)  # replay ratio 1.0, weight 1 (reference notes §2)
-    grad_clip = getattr(cfg, "grad_clip", None)
+    grad_clip = getattr(cfg, "grad_clip", None) or None  # 0 and None both mean "no clipping"
     if method in ("ftml", "vrmcl"):
         kwargs = dict(lr=lr, inner_lr=getattr(cfg, "inner_lr", 1e-4), beta=beta,
                       second_order=getattr(cfg, "second_order", False), grad_clip=grad_clip)
@@ -278,7 +278,7 @@ def _bench_learner(row, base, sched, old_tasks, device):
     """A learner for a benchmark row on a fresh copy of `base`, with Fishers and a teacher where needed."""
     method, second_order = row.split()[0], row.endswith("--second-order")
     model = copy.deepcopy(base)
-    loss_fn = lambda m, batch, generator=None: diffusion.batch_loss(m, sched, batch, generator)  # noqa: E731
+    loss_fn = diffusion.loss_fn(sched)
     kind = replay_kind(method)
     replay_loss = replay.make_replay_loss(kind, sched, replay.frozen_copy(model)) if kind else None
     cfg = argparse.Namespace(lam=1.0, second_order=second_order)

@@ -541,21 +541,6 @@ def build_model(cfg: Config, device) -> torch.nn.Module:
                              horizon=cfg.horizon).to(device)
 
 
-def make_loss_fn(sched):
-    """loss_fn(model, batch, generator=None) -> (B,): Eq. 3 per sample (noise pre-drawn in a 4-tuple batch)."""
-    def loss_fn(model, batch, generator=None):
-        return diffusion.batch_loss(model, sched, batch, generator)
-    return loss_fn
-
-
-class _LearnerConfig:
-    """The learner-facing view of Config (make_learner reads lr, lam, beta, inner_lr, vr_momentum, grad_clip)."""
-
-    def __init__(self, cfg: Config):
-        self.lr, self.lam, self.beta, self.inner_lr = cfg.lr, cfg.lam, cfg.beta, cfg.inner_lr
-        self.vr_momentum, self.grad_clip = cfg.vr_momentum, (cfg.grad_clip or None)
-
-
 def estimate_fisher(model, sched, data: WindowDataset, cfg: Config, k: int, device):
     """Rank-1 Fisher (Eq. 12 approximated as rho u u^T; reference notes §1) on fisher_samples real windows of task k.
 
@@ -568,7 +553,7 @@ def estimate_fisher(model, sched, data: WindowDataset, cfg: Config, k: int, devi
             x0, cond = data.sample(min(cfg.batch_size, cfg.fisher_samples - start), g_idx)
             yield diffusion.with_noise(sched, (x0.to(device), cond.to(device)), g_noise)
 
-    return fisher.Rank1Fisher.estimate(model, make_loss_fn(sched), batches, progress=cfg.progress)
+    return fisher.Rank1Fisher.estimate(model, diffusion.loss_fn(sched), batches, progress=cfg.progress)
 
 
 def replay_samples(teacher, sched, cfg: Config, task: str, k: int, env_cache, lo, hi, device):
@@ -594,8 +579,8 @@ class Run:
         self.model = build_model(cfg, self.device)
         kind = meta_baselines.replay_kind(cfg.method)
         self.replay_loss = replay.make_replay_loss(kind, self.sched) if kind else None
-        self.learner = meta_baselines.make_learner(cfg.method, self.model, make_loss_fn(self.sched),
-                                                   self.replay_loss, _LearnerConfig(cfg))
+        self.learner = meta_baselines.make_learner(cfg.method, self.model, diffusion.loss_fn(self.sched),
+                                                   self.replay_loss, cfg)
         self.pool = replay.ReplayPool()
         self.R = []  # score matrix rows, appended as tasks finish (metrics.py notation)
         self.curves = {}  # str(j) -> [(global_step, in_task_step, training_task, score)]
@@ -857,10 +842,10 @@ def bench_train(cfg: Config, device, reps: int) -> dict:
         sched, model = diffusion.Schedule(c.train_timesteps), build_model(c, device)
         kind = meta_baselines.replay_kind(method)
         replay_loss = replay.make_replay_loss(kind, sched, replay.frozen_copy(model)) if kind else None
-        learner = meta_baselines.make_learner(method, model, make_loss_fn(sched), replay_loss, _LearnerConfig(c))
+        learner = meta_baselines.make_learner(method, model, diffusion.loss_fn(sched), replay_loss, c)
         if meta_baselines.uses_fisher(method):
             batches = [diffusion.with_noise(sched, windows(min(B, 64)))]
-            learner.add_fisher(fisher.Rank1Fisher.estimate(model, make_loss_fn(sched), batches))
+            learner.add_fisher(fisher.Rank1Fisher.estimate(model, diffusion.loss_fn(sched), batches))
         pool = replay.ReplayPool()
         pool.add(0, *windows(4 * B))
         batch, rb = windows(B), pool.sample(replay_batch_size(c), g, device) if kind else None

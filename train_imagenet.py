@@ -624,7 +624,7 @@ def pick_device(name: str, threads: int = 0) -> torch.device:
 
 def make_learner(cfg: Config, model, sched):
     """(learner, replay pool or None, replay loss or None) for cfg.method; the only place a method name is read."""
-    loss_fn = lambda m, batch, generator=None: diffusion.batch_loss(m, sched, batch, generator)  # noqa: E731
+    loss_fn = diffusion.loss_fn(sched)
     kind = meta_baselines.replay_kind(cfg.method)
     replay_loss = None if kind is None else replay.make_replay_loss(kind, sched, replay.frozen_copy(model))
     pool = None if kind is None else replay.ReplayPool()
@@ -643,8 +643,7 @@ def estimate_fisher(cfg: Config, model, sched, train: ImageSet, rows: np.ndarray
             batch = (to_float(train.images[r], device), torch.from_numpy(train.labels[r]).to(device))
             yield diffusion.with_noise(sched, batch, g)  # pre-drawn t, eps: a deterministic per-sample loss
 
-    per_sample_loss = lambda m, batch: diffusion.batch_loss(m, sched, batch)  # noqa: E731
-    return fisher.Rank1Fisher.estimate(model, per_sample_loss, batches, progress=cfg.progress)
+    return fisher.Rank1Fisher.estimate(model, diffusion.loss_fn(sched), batches, progress=cfg.progress)
 
 
 def end_of_task(cfg, k, out, state, model, learner, pool, replay_loss, sched, train, rows, evaluator, device, log):
@@ -779,7 +778,7 @@ def bench(cfg: Config, methods: list[str], n_steps: int, fid_images: int = 1000)
         learner, pool, _ = make_learner(mcfg, model, sched)
         if meta_baselines.uses_fisher(method):
             fb = [diffusion.with_noise(sched, (x[:8], y[:8]), torch.Generator(device=device).manual_seed(1))]
-            learner.add_fisher(fisher.Rank1Fisher.estimate(model, lambda m, b: diffusion.batch_loss(m, sched, b), fb))
+            learner.add_fisher(fisher.Rank1Fisher.estimate(model, diffusion.loss_fn(sched), fb))
         replay_batch = (xr, yr) if pool is not None else None
         for i in range(1 + n_steps):
             if i == 1:

@@ -105,13 +105,16 @@ class StackedRank1Penalty:
         """mu_k^T (theta - theta_k*) for every k, (K,) float64."""
         return (self.M @ (theta.to(self.M.dtype) - self.theta_ref)).double() + self.offset
 
+    def grad_and_value(self, theta: torch.Tensor, lam: float):
+        """Eq. (9) term (C) = lam M^T (c* proj), (P,), and Eq. (6) = sum_k c*_k proj_k^2, from one projection."""
+        proj = self.proj(theta)                                                         # (K,)
+        return self.M.T @ (lam * self.c_star * proj).to(self.M.dtype), (self.c_star * proj ** 2).sum()
+
     def grad(self, theta: torch.Tensor, lam: float) -> torch.Tensor:
-        """Eq. (9) term (C): lam sum_k c*_k mu_k mu_k^T (theta - theta_k*) = lam M^T (c* proj), (P,)."""
-        return self.M.T @ (lam * self.c_star * self.proj(theta)).to(self.M.dtype)
+        return self.grad_and_value(theta, lam)[0]
 
     def value(self, theta: torch.Tensor) -> float:
-        """Eq. (6): sum_k c*_k (mu_k^T (theta - theta_k*))^2."""
-        return float((self.c_star * self.proj(theta) ** 2).sum())
+        return float(self.grad_and_value(theta, 0.0)[1])
 
 # -----------------------------------------------------------------------------
 # the training step: finetune (beta = lam = 0), ewc (beta = 0), replay (lam = 0), tr
@@ -167,9 +170,9 @@ class TrustRegionLearner:
             loss.backward()                                                                # (A) + (B), one pass
         if self.penalty is not None:
             theta = flatten([p.detach() for p in self.params])                             # (P,)
-            C = self.penalty.grad(theta, self.lam)                                         # (C), analytic
+            C, tr_value = self.penalty.grad_and_value(theta, self.lam)                     # (C), analytic; Eq. (6)
             torch._foreach_add_([p.grad for p in self.params], unflatten(C, self.params))
-            logs["trust_region"] = self.penalty.value(theta)                               # Eq. (6)
+            logs["trust_region"] = float(tr_value)
             if log_terms:
                 logs["norm_C"] = C.norm().item()
         if self.grad_clip:
