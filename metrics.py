@@ -16,7 +16,8 @@ Notation
               SR_j >= alpha * ref (alpha in 0.99, 0.9, 0.8) or FID_j <= (1 + tau) * ref (tau in 0.1, 0.2, 0.3);
               None ("—") if it is never met during task k. Steps are resolved at the evaluation points of
               `eval_schedule` (2, 4, 6, 8, 10, 15, ..., 100, 150, ..., 1000, 2000, ...). With SR0 = 0 (task
-              never learned) every success target is met at the first evaluation.
+              never learned) every target alpha * 0 is met trivially, so re-convergence is undefined: such cells
+              hold "n/a" (`UNDEFINED`), not a step count.
 
 summary.json (written by both training scripts with `build_summary`; read by `aggregate`)
     schema_version        1
@@ -64,6 +65,7 @@ EXPERIMENT_TITLES = {"cw10": "CW10", "imagenet": "ImageNet-500"}
 SUCCESS_THRESHOLDS = (0.99, 0.9, 0.8)  # Table 2 alphas: SR_1 >= alpha * SR_1^(0)
 FID_THRESHOLDS = (0.1, 0.2, 0.3)  # Table 2 taus: FID_1 <= (1 + tau) * FID_1^(0)
 DASH = "—"
+UNDEFINED = "n/a"  # Table 2 cell whose reference success is 0: the target alpha * 0 is met trivially
 COMPARABILITY_EXTRA = ("dataset", "extractor", "is_proxy")  # extra fields that must agree across aggregated runs
 SUMMARY_FIELDS = ("method", "seed", "experiment", "task_names", "n_tasks_trained", "score_name", "higher_is_better",
                   "average", "forgetting", "thresholds", "reconvergence", "task1_curve", "transitions")
@@ -207,7 +209,8 @@ def reconvergence(curves, transitions, ref, thresholds, higher_is_better, task=0
     curves: (global_step, in_task_step, training_task_index, score) evaluations of that one task;
     transitions: global steps at which training tasks 1, 2, ... (0-based) begin, so tasks 0..len(transitions)
     were trained. Returns {str(threshold): {"T<k+1>": first in_task_step during task k meeting the target, or
-    None}} for every k in task+1..len(transitions).
+    None}} for every k in task+1..len(transitions). With a success reference ref <= 0 (the task was never
+    learned) every cell is UNDEFINED: "SR >= alpha * 0" holds for any curve and measures nothing.
     """
     if any(b <= a for a, b in zip([0, *transitions], transitions)):
         raise ValueError(f"transitions must be positive and increasing, got {transitions}")
@@ -222,6 +225,9 @@ def reconvergence(curves, transitions, ref, thresholds, higher_is_better, task=0
     for threshold in thresholds:
         row = {}
         for k, points in by_task.items():
+            if higher_is_better and ref <= 0:
+                row[f"T{k + 1}"] = UNDEFINED
+                continue
             hits = [s for s, score in sorted(points) if meets_target(score, ref, threshold, higher_is_better)]
             row[f"T{k + 1}"] = int(hits[0]) if hits else None  # the first crossing, even if it is lost again later
         table[str(threshold)] = row
@@ -229,7 +235,13 @@ def reconvergence(curves, transitions, ref, thresholds, higher_is_better, task=0
 
 
 def aggregate_steps(values):
-    """One Table 2 cell over seeds: mean of those that re-converged; "—" if fewer than half did; "(k/n)" if k < n."""
+    """One Table 2 cell over seeds: mean of those that re-converged; "—" if fewer than half did; "(k/n)" if k < n.
+
+    Seeds whose cell is UNDEFINED (task never learned) are left out; "n/a" if every seed's cell is.
+    """
+    values = [v for v in values if v != UNDEFINED]
+    if not values:
+        return UNDEFINED
     done = [v for v in values if v is not None]
     if not done or 2 * len(done) < len(values):
         return DASH
@@ -245,7 +257,8 @@ def table2_markdown(rows, thresholds, higher_is_better, title="Task 1"):
     """Paper Table 2 layout. rows: {label: [reconvergence table per seed]} (one entry = one run)."""
     tasks = sorted({k for tables in rows.values() for t in tables for k in t[str(thresholds[0])]},
                    key=lambda name: int(name[1:]))
-    heading = f"Steps to re-converge {title} (in-task gradient updates after each transition; {DASH} = never)"
+    heading = (f"Steps to re-converge {title} (in-task gradient updates after each transition; {DASH} = never; "
+               f"{UNDEFINED} = undefined, the task's own success was 0)")
     if not tasks:
         return f"{heading}\n\nNo later task has been trained yet.\n"
     header = ["Method"] + [f"{threshold_label(th, higher_is_better)} {k}" for th in thresholds for k in tasks]

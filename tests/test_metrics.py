@@ -83,6 +83,20 @@ def test_reconvergence_rejects_bad_transitions():
         metrics.reconvergence([(150, 50, 2, 1.0)], [100], 1.0, (0.9,), True)
 
 
+def test_reconvergence_undefined_when_task_never_learned():
+    # SR0 = 0: "SR >= alpha * 0" holds for any curve, so no step count is reported (paper Section 4.3's target
+    # needs a learned task); FID references are always positive and stay defined.
+    curve = [(105, 5, 1, 0.0), (110, 10, 1, 0.0)]
+    out = metrics.reconvergence(curve, [100], ref=0.0, thresholds=(0.99, 0.8), higher_is_better=True)
+    assert out == {"0.99": {"T2": "n/a"}, "0.8": {"T2": "n/a"}}
+    assert metrics.reconvergence(curve, [100], ref=0.1, thresholds=(0.8,), higher_is_better=True) == {"0.8": {"T2": None}}
+    assert metrics.aggregate_steps(["n/a", "n/a"]) == "n/a"
+    assert metrics.aggregate_steps(["n/a", 4, 6]) == "5"  # seeds that never learned the task are left out
+    assert metrics.aggregate_steps(["n/a", None]) == "—"
+    md = metrics.table2_markdown({"EWC": [out]}, [0.99, 0.8], True)
+    assert "| EWC | n/a | n/a |" in md and "n/a = undefined" in md
+
+
 def test_aggregate_steps_rule_and_markdown_dash():
     assert metrics.aggregate_steps([4, 6]) == "5"
     assert metrics.aggregate_steps([4, None]) == "4 (1/2)"
