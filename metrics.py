@@ -221,11 +221,12 @@ def reconvergence(curves, transitions, ref, thresholds, higher_is_better, task=0
             raise ValueError(f"curve point in training task {k} but only {len(transitions)} transitions given")
         if k in by_task:
             by_task[k].append((in_task_step, score))
+    undefined = higher_is_better and ref <= 0  # the task was never learned: every target is met trivially
     table = {}
     for threshold in thresholds:
         row = {}
         for k, points in by_task.items():
-            if higher_is_better and ref <= 0:
+            if undefined:
                 row[f"T{k + 1}"] = UNDEFINED
                 continue
             hits = [s for s, score in sorted(points) if meets_target(score, ref, threshold, higher_is_better)]

@@ -124,7 +124,7 @@ RUNTIME_FIELDS = ("workers", "data_dir", "device", "threads", "progress", "log_e
 
 PRESETS = {
     "paper": {},
-    # small: ~25 min on 2 idle CPU cores for tr (README "CW10 small preset"); lr 1e-3 instead of 2e-4 because 200
+    # small: ~27-30 min on 2 idle CPU cores for tr (README "CW10 small preset"); lr 1e-3 instead of 2e-4 because 200
     # steps per task at 2e-4 leave the loss ~1.5x higher (600-step hammer runs, loss at step 200: 0.071 vs 0.049)
     "small": dict(model="small", batch_size=32, lr=1e-3, steps_per_task=200, fisher_samples=256, replay_rollouts=5,
                   replay_windows=40, demos_per_task=20, ddim_steps=5, eval_episodes=10, curve_episodes=10,

@@ -108,13 +108,17 @@ class StackedRank1Penalty:
     def grad_and_value(self, theta: torch.Tensor, lam: float):
         """Eq. (9) term (C) = lam M^T (c* proj), (P,), and Eq. (6) = sum_k c*_k proj_k^2, from one projection."""
         proj = self.proj(theta)                                                         # (K,)
-        return self.M.T @ (lam * self.c_star * proj).to(self.M.dtype), (self.c_star * proj ** 2).sum()
+        return self.M.T @ (lam * self.c_star * proj).to(self.M.dtype), self._eq6(proj)
+
+    def _eq6(self, proj: torch.Tensor) -> torch.Tensor:
+        """Eq. (6) from the projections: sum_k c*_k proj_k^2."""
+        return (self.c_star * proj ** 2).sum()
 
     def grad(self, theta: torch.Tensor, lam: float) -> torch.Tensor:
         return self.grad_and_value(theta, lam)[0]
 
     def value(self, theta: torch.Tensor) -> float:
-        return float(self.grad_and_value(theta, 0.0)[1])
+        return float(self._eq6(self.proj(theta)))
 
 # -----------------------------------------------------------------------------
 # the training step: finetune (beta = lam = 0), ewc (beta = 0), replay (lam = 0), tr

@@ -89,7 +89,8 @@ def test_reconvergence_undefined_when_task_never_learned():
     curve = [(105, 5, 1, 0.0), (110, 10, 1, 0.0)]
     out = metrics.reconvergence(curve, [100], ref=0.0, thresholds=(0.99, 0.8), higher_is_better=True)
     assert out == {"0.99": {"T2": "n/a"}, "0.8": {"T2": "n/a"}}
-    assert metrics.reconvergence(curve, [100], ref=0.1, thresholds=(0.8,), higher_is_better=True) == {"0.8": {"T2": None}}
+    defined = metrics.reconvergence(curve, [100], ref=0.1, thresholds=(0.8,), higher_is_better=True)
+    assert defined == {"0.8": {"T2": None}}
     assert metrics.aggregate_steps(["n/a", "n/a"]) == "n/a"
     assert metrics.aggregate_steps(["n/a", 4, 6]) == "5"  # seeds that never learned the task are left out
     assert metrics.aggregate_steps(["n/a", None]) == "—"
