@@ -25,9 +25,16 @@ Efficient forms used here (each checked against the plain form in tests/test_fis
    sample); `Rank1Fisher.estimate_loop` keeps that plain form as the reference.
 3. float64 accumulation for mu and for sum_i (mu^T g_i)^2; mu^T theta is taken in float64.
 
-Diagnostics (on the first `diag_samples` samples, one backward each):
-    rank1_share = rho / mean_i ||g_i||^2 = u^T F_emp u / tr F_emp   (1 when F_emp is exactly rank-1)
+Diagnostics (on the first `diag_samples` samples of a third fresh draw, one backward each), overall and
+per diffusion-step band t in [0, 250), [250, 500), [500, 750), [750, 1000):
+    rank1_share = mean_i (u^T g_i)^2 / mean_i ||g_i||^2 = u^T F_emp u / tr F_emp  (1 if F_emp is rank-1)
     mean_cos    = mean_i cos(g_i, mu)
+
+The sampling protocol (`estimate_on_task`, the one all experiments call): N real training items of the
+finished task chosen once; both passes over the same items with fresh t and eps; model in eval mode.
+
+DiagonalFisher: classic EWC (Kirkpatrick et al. 2017), F ~ diag(mean_i g_i^2), which the paper argues is
+weak for diffusion models (Section 3.2); the experiments run it with `--fisher diag` as a comparison.
 
 Deviations from the paper
 - The paper does not say which samples or timesteps the Fisher uses; we follow the authors' code
@@ -41,6 +48,8 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, jvp, grad as func_grad, vmap
 from tqdm.auto import tqdm
+
+import diffusion
 
 # -----------------------------------------------------------------------------
 # helpers: flat parameter vectors
@@ -164,9 +173,13 @@ class Rank1Fisher:
         mu = self.mu.double()
         return self.c_star * torch.outer(mu, mu)
 
-    # --- checkpointing ---
+    # --- device and checkpointing ---
+    def to(self, device) -> "Rank1Fisher":
+        self.mu = self.mu.to(device)
+        return self
+
     def state_dict(self) -> dict:
-        return {"mu": self.mu, "c_star": self.c_star, "mu_dot_theta_star": self.mu_dot_theta_star,
+        return {"kind": "rank1", "mu": self.mu, "c_star": self.c_star, "mu_dot_theta_star": self.mu_dot_theta_star,
                 "n_samples": self.n_samples, "diagnostics": self.diagnostics}
 
     @classmethod
@@ -209,7 +222,7 @@ class Rank1Fisher:
                 s = _checked(s, batch).detach().double()
                 sum_s2 += float((s ** 2).sum())
                 m += s.shape[0]
-            diag = _diagnostics(model, per_sample_loss, _passes(batches, 1), mu, diag_samples)
+            diag = _diagnostics(model, per_sample_loss, _passes(batches, 2), mu, diag_samples)
         mu_norm2 = float(mu @ mu)
         if mu_norm2 == 0.0:
             raise ValueError("the mean gradient mu is exactly zero; the rank-1 Fisher is undefined")
@@ -240,27 +253,40 @@ class Rank1Fisher:
         return cls(mu.to(store_dtype), c_star, float(mu @ flat_params(model).double()), n)
 
 
+T_BANDS = ((0, 250), (250, 500), (500, 750), (750, 1000))  # diffusion-step bands of the diagnostics
+
+
 def _diagnostics(model, per_sample_loss, batches, mu, limit: int) -> dict:
-    """rank1_share = rho / mean ||g_i||^2 and mean cos(g_i, mu) on the first `limit` samples."""
+    """rank1_share = mean (u^T g_i)^2 / mean ||g_i||^2 and mean cos(g_i, mu) on the first `limit` samples,
+    overall and per diffusion-step band (T_BANDS; batches must carry t as (x0, cond, t, eps) for the bands).
+
+    Wang et al. (2026) report that the empirical Fisher is close to rank-1 at late (noisy) steps; the bands
+    measure that premise on our own models."""
     if limit <= 0:
         return {}
     plist = params_list(model)
-    sq, dots, norms = [], [], []
+    mu_norm = float(mu @ mu) ** 0.5
+    rows = []                                                   # (t or None, (u^T g_i)^2, ||g_i||^2, cos)
     for batch in batches:
         for i in range(_batch_size(batch)):
-            if len(sq) >= limit:
+            if len(rows) >= limit:
                 break
-            gi = flatten(torch.autograd.grad(per_sample_loss(model, _take(batch, i)).sum(), plist)).double()
-            sq.append(float(gi @ gi))
-            dots.append(float(gi @ mu))
-            norms.append(float(gi @ gi) ** 0.5)
-        if len(sq) >= limit:
+            one = _take(batch, i)
+            gi = flatten(torch.autograd.grad(per_sample_loss(model, one).sum(), plist)).double()
+            d, sq = float(gi @ mu) / mu_norm, float(gi @ gi)    # u^T g_i, ||g_i||^2
+            t = int(one[2]) if len(one) == 4 else None
+            rows.append((t, d * d, sq, d / (sq ** 0.5 + 1e-300)))
+        if len(rows) >= limit:
             break
-    mu_norm = float(mu @ mu) ** 0.5
-    rho_sub = sum(d * d for d in dots) / len(dots) / mu_norm ** 2      # u^T F_emp u on the subset
-    return {"rank1_share": rho_sub / (sum(sq) / len(sq)),
-            "mean_cos": sum(d / (nm * mu_norm + 1e-300) for d, nm in zip(dots, norms)) / len(dots),
-            "n_diag": len(sq)}
+
+    def summarise(rs):
+        return {"rank1_share": sum(r[1] for r in rs) / sum(r[2] for r in rs),
+                "mean_cos": sum(r[3] for r in rs) / len(rs), "n": len(rs)}
+
+    out = summarise(rows)
+    out["bands"] = {f"{lo}-{hi}": summarise(rs) for lo, hi in T_BANDS
+                    if (rs := [r for r in rows if r[0] is not None and lo <= r[0] < hi])}
+    return out
 
 # -----------------------------------------------------------------------------
 # diagonal Fisher (classic EWC, Kirkpatrick et al. 2017), for comparison
@@ -285,8 +311,19 @@ class DiagonalFisher:
     def dense(self):
         return torch.diag(self.diag.double())
 
+    def to(self, device) -> "DiagonalFisher":
+        self.diag, self.theta_star = self.diag.to(device), self.theta_star.to(device)
+        return self
+
+    def state_dict(self) -> dict:
+        return {"kind": "diag", "diag": self.diag, "theta_star": self.theta_star, "n_samples": self.n_samples}
+
     @classmethod
-    def estimate(cls, model, per_sample_loss, batches, chunk: int = 16) -> "DiagonalFisher":
+    def from_state_dict(cls, sd: dict) -> "DiagonalFisher":
+        return cls(sd["diag"], sd["theta_star"], sd["n_samples"])
+
+    @classmethod
+    def estimate(cls, model, per_sample_loss, batches, progress: bool = False, chunk: int = 16) -> "DiagonalFisher":
         """mean_i g_i^2 with per-sample gradients from torch.func.vmap(grad), `chunk` samples at a time."""
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         plist = params_list(model)
@@ -297,7 +334,7 @@ class DiagonalFisher:
 
         with _eval_mode(model):
             acc, n = None, 0
-            for batch in _passes(batches, 0):
+            for batch in tqdm(_passes(batches, 0), desc="diagonal Fisher", leave=False, disable=not progress):
                 _checked(per_sample_loss(model, _take(batch, 0)), _take(batch, 0))
                 B = _batch_size(batch)
                 for s in range(0, B, chunk):
@@ -308,6 +345,37 @@ class DiagonalFisher:
                     acc = sq if acc is None else acc + sq
                     n += part[0].shape[0] if torch.is_tensor(part[0]) else _batch_size(part)
         return cls((acc / n).to(plist[0].dtype), flat_params(model), n)
+
+def fisher_from_state_dict(sd: dict) -> Rank1Fisher | DiagonalFisher:
+    return {"rank1": Rank1Fisher, "diag": DiagonalFisher}[sd["kind"]].from_state_dict(sd)
+
+# -----------------------------------------------------------------------------
+# the sampling protocol every experiment uses
+
+
+FISHER_KINDS = ("rank1", "diag")
+
+
+def estimate_on_task(model, sched, get, n_available: int, n_samples: int, batch_size: int, index_gen, noise_gen,
+                     kind: str = "rank1", progress: bool = False) -> Rank1Fisher | DiagonalFisher:
+    """The Fisher of a just-finished task at theta* = the current parameters, by one protocol for all experiments.
+
+    Protocol (the authors' code, reference notes §1): min(n_samples, n_available) items of the task's real
+    training data, chosen once without replacement with index_gen (CPU); both passes of the rank-1 estimate
+    run over the same items in the same order, each item with fresh t ~ U{0..T-1} and eps ~ N(0, I) in each
+    pass, drawn from noise_gen (on the model's device); model in eval mode. The diagnostics use a third draw.
+    get(idx (n,) long) -> (x0, cond) on the model's device. kind "diag" gives classic EWC's DiagonalFisher.
+    """
+    if kind not in FISHER_KINDS:
+        raise ValueError(f"unknown Fisher kind {kind!r}; choose one of {FISHER_KINDS}")
+    idx = torch.randperm(n_available, generator=index_gen)[:n_samples]
+
+    def batches(pass_index):
+        for start in range(0, len(idx), batch_size):
+            yield diffusion.with_noise(sched, get(idx[start:start + batch_size]), noise_gen)
+
+    estimate = Rank1Fisher.estimate if kind == "rank1" else DiagonalFisher.estimate
+    return estimate(model, diffusion.loss_fn(sched), batches, progress=progress)
 
 # -----------------------------------------------------------------------------
 # benchmark: batched estimate against the authors' one-sample loop
@@ -323,7 +391,7 @@ def _bench(argv=None):
     import time
 
     import unet
-    from diffusion import Schedule, loss_fn, with_noise
+    from diffusion import Schedule, loss_fn, with_noise  # noqa: the bench's own names
 
     p = argparse.ArgumentParser(description=_bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="unet1d_small",

@@ -114,9 +114,9 @@ def meta_gradient(model, params, loss_fn, replay_loss_fn, batch, replay_batch=No
                                                rep_query, generator)
     outer = torch.autograd.grad(loss_q, leaves, allow_unused=True)  # d L_q(U(theta)) / d theta
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, outer)]
-    logs = {"loss": loss_q.item(), "loss_support": loss_s.item(), "loss_cur": loss_cur.item()}
+    logs = {"loss": loss_q.detach(), "loss_support": loss_s.detach(), "loss_cur": loss_cur.detach()}
     if loss_replay is not None:
-        logs["loss_replay"] = loss_replay.item()
+        logs["loss_replay"] = loss_replay.detach()
     return grads, logs
 
 
@@ -148,15 +148,15 @@ class FTMLLearner:
         params = list(self.named.values())
         for p, d in zip(params, direction):
             p.grad = d.detach().clone()
-        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d) for d in direction]))
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        grad_norm = trust_region.grad_norm_and_clip(params, self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm.item()
+        return grad_norm
 
-    def step(self, batch, replay_batch=None, generator=None):
-        """One meta-update on a training batch (and a replay batch of the same size). -> dict of floats."""
+    def step(self, batch, replay_batch=None, generator=None, log_terms=False):
+        """One meta-update on a training batch (and a replay batch of the same size) -> dict of 0-d tensors
+        (no host sync). log_terms is accepted for the learners' common interface; Eq. (9)'s terms do not
+        exist here."""
         direction, logs = self._direction(batch, replay_batch, generator)
         logs["grad_norm"] = self._apply(direction)
         return logs
@@ -239,10 +239,16 @@ def replay_kind(method):
     return "distill" if method in ("replay", "tr") else "generative"
 
 
-def make_learner(method, model, loss_fn, replay_loss_fn, cfg):
-    """The learner for `method`; cfg is any object with (some of) lr, lam, beta, inner_lr, vr_momentum,
-    second_order, grad_clip. All learners share step(batch, replay_batch=None, generator=None)."""
+def make_learner(method, model, sched, cfg):
+    """The learner of `method` for a diffusion model: the Eq. (3) loss on current batches and, for replay
+    methods, the replay loss of `replay_kind(method)` (learner.replay_loss_fn, a replay.ReplayLoss whose
+    teacher the caller sets at each task boundary). cfg is any object with (some of) lr, lam, beta,
+    inner_lr, vr_momentum, second_order, grad_clip. All learners share
+    step(batch, replay_batch=None, generator=None, log_terms=False) -> dict of 0-d tensors."""
     _check(method)
+    loss_fn = diffusion.loss_fn(sched)
+    kind = replay_kind(method)
+    replay_loss = replay.ReplayLoss(kind, sched) if kind else None
     lr = getattr(cfg, "lr", 2e-4)  # Tables 3-4
     beta = getattr(cfg, "beta", 1.0)  # replay ratio 1.0, weight 1 (reference notes §2)
     grad_clip = getattr(cfg, "grad_clip", None) or None  # 0 and None both mean "no clipping"
@@ -250,12 +256,11 @@ def make_learner(method, model, loss_fn, replay_loss_fn, cfg):
         kwargs = dict(lr=lr, inner_lr=getattr(cfg, "inner_lr", 1e-4), beta=beta,
                       second_order=getattr(cfg, "second_order", False), grad_clip=grad_clip)
         if method == "ftml":
-            return FTMLLearner(model, loss_fn, replay_loss_fn, **kwargs)
-        return VRMCLLearner(model, loss_fn, replay_loss_fn, r=getattr(cfg, "vr_momentum", 0.15), **kwargs)
+            return FTMLLearner(model, loss_fn, replay_loss, **kwargs)
+        return VRMCLLearner(model, loss_fn, replay_loss, r=getattr(cfg, "vr_momentum", 0.15), **kwargs)
     lam = getattr(cfg, "lam", 0.0) if uses_fisher(method) else 0.0
-    beta = beta if uses_replay(method) else 0.0
-    return trust_region.TrustRegionLearner(model, loss_fn, replay_loss_fn if beta else None, beta=beta, lam=lam,
-                                           lr=lr, grad_clip=grad_clip)
+    return trust_region.TrustRegionLearner(model, loss_fn, replay_loss, beta=beta if replay_loss else 0.0,
+                                           lam=lam, lr=lr, grad_clip=grad_clip)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,11 +283,9 @@ def _bench_learner(row, base, sched, old_tasks, device):
     """A learner for a benchmark row on a fresh copy of `base`, with Fishers and a teacher where needed."""
     method, second_order = row.split()[0], row.endswith("--second-order")
     model = copy.deepcopy(base)
-    loss_fn = diffusion.loss_fn(sched)
-    kind = replay_kind(method)
-    replay_loss = replay.make_replay_loss(kind, sched, replay.frozen_copy(model)) if kind else None
-    cfg = argparse.Namespace(lam=1.0, second_order=second_order)
-    learner = make_learner(method, model, loss_fn, replay_loss, cfg)
+    learner = make_learner(method, model, sched, argparse.Namespace(lam=1.0, second_order=second_order))
+    if learner.replay_loss_fn is not None:
+        learner.replay_loss_fn.set_teacher(replay.frozen_copy(model))
     if uses_fisher(method):  # random rank-1 Fishers: the step costs the same as with estimated ones
         theta = fisher.flat_params(model)
         for k in range(old_tasks):

@@ -89,12 +89,9 @@ REPLAY_KINDS = ("distill", "generative")
 
 
 class ReplayLoss:
-    """The replay_loss_fn a training script hands to a learner: `loss(model, batch, generator=None) -> (B,)`.
-
-    kind "distill" needs the teacher at step time; replace it at each task boundary with `set_teacher`.
-    kind "generative" ignores the teacher. state_dict holds the teacher's weights (for resume); a script
-    that resumes builds `ReplayLoss(kind, sched, frozen_copy(model))` first and then loads into it.
-    """
+    """The replay_loss_fn of a learner (meta_baselines.make_learner builds it): `loss(model, batch, generator=None)
+    -> (B,)`. Kind "distill" needs the teacher at step time: the training script sets it at each task boundary
+    with `set_teacher` (and checkpoints `teacher`); kind "generative" ignores it."""
 
     def __init__(self, kind, sched, teacher=None):
         if kind not in REPLAY_KINDS:
@@ -110,23 +107,6 @@ class ReplayLoss:
         if self.teacher is None:
             raise ValueError("distillation replay loss called before a teacher was set")
         return distillation_loss(model, self.teacher, self.sched, batch, generator)
-
-    def state_dict(self):
-        teacher = None if self.teacher is None else self.teacher.state_dict()
-        return {"kind": self.kind, "teacher": teacher}
-
-    def load_state_dict(self, sd):
-        if sd["kind"] != self.kind:
-            raise ValueError(f"checkpoint replay loss is {sd['kind']!r}, this run uses {self.kind!r}")
-        if sd["teacher"] is not None:
-            if self.teacher is None:
-                raise ValueError("build the ReplayLoss with a teacher model before loading teacher weights")
-            self.teacher.load_state_dict(sd["teacher"])
-
-
-def make_replay_loss(kind, sched, teacher=None):
-    """Shorthand for `ReplayLoss(kind, sched, teacher)`."""
-    return ReplayLoss(kind, sched, teacher)
 
 
 # --------------------------------------------------------------------------------------------------

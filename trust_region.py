@@ -19,12 +19,17 @@ Notation
     Eq. (11): (I) ~ (B);   Eq. (16): (II) ~ F^2 (theta - theta*) = rho F (theta - theta*) ~ (C)
 
 The efficient step. (A) + (B) come from ONE backward pass of L_t + beta L_Replay; (C) is added to the
-gradients analytically, for all past tasks at once: with M = [mu_1; ...; mu_K] (K, P) and a single
-anchor theta_ref (the parameters when the newest Fisher was added),
-    mu_k^T (theta - theta_k*) = mu_k^T (theta - theta_ref) + (mu_k^T theta_ref - s*_k)
-so proj = M (theta - theta_ref) + offset is one GEMV on a small-magnitude vector (accurate in float32;
-the offsets are float64 scalars), and (C) = lam M^T (c* * proj) is a second GEMV. No per-task copy of
-theta* is kept; `gradient_terms` keeps the plain per-Fisher form that the tests compare against.
+gradients analytically, for all past tasks at once and per parameter tensor p (no flat copy of theta is
+made per step). With M = [mu_1; ...; mu_K] (K, P), M_p its (K, n_p) block of parameter p, and one anchor
+theta_ref (the parameters when the newest Fisher was added),
+    mu_k^T (theta - theta_k*) = sum_p M_p[k] (theta_p - ref_p) + (mu_k^T theta_ref - s*_k)
+so proj = sum_p M_p (theta_p - ref_p) + offset sums GEMVs over small-magnitude vectors (accurate in float32;
+the offsets are float64 scalars), and (C)_p = lam M_p^T (c* * proj). No per-task copy of theta* is kept;
+`gradient_terms` keeps the plain per-Fisher form that the tests compare against. A diagonal Fisher
+(classic EWC, `fisher.DiagonalFisher`) is applied the same way: (C)_p = lam sum_k f_kp (theta_p - theta*_kp).
+
+No host synchronisation: `step` returns its logged values as 0-d tensors on the device; a caller that
+reads them every `log_every` steps syncs once per log, not once per step.
 
 Deviations from the paper
 - Term (B) is beta times the gradient of the MEAN replay loss over a replay batch drawn evenly across
@@ -36,11 +41,10 @@ Deviations from the paper
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
-from fisher import Rank1Fisher, flat_params, flatten, params_list, unflatten
+from fisher import DiagonalFisher, Rank1Fisher, fisher_from_state_dict, flat_params, flatten, params_list
 
 # -----------------------------------------------------------------------------
 # Eq. (8)-(9), plain forms (what the tests verify the fast step against)
@@ -84,41 +88,68 @@ def trust_region_value(fishers: list[Rank1Fisher], theta: torch.Tensor) -> float
     return float(sum(2 * F.penalty(theta) for F in fishers)) if fishers else 0.0
 
 # -----------------------------------------------------------------------------
-# the batched penalty used by the training step
+# the penalty the training step applies: term (C) per parameter tensor
 
 
-class StackedRank1Penalty:
-    """All past tasks' rank-1 Fishers as one (K, P) matrix M, anchored at theta_ref (see module doc).
+class Rank1Penalty:
+    """All past tasks' rank-1 Fishers for the training step (see the module docstring for the derivation).
 
-    The Rank1Fisher objects' mu become views into M, so the Fishers are stored once.
+    M (K, P) is stored once: each Rank1Fisher's mu becomes a view of its row, each parameter sees its
+    (K, n_p) block as a view. theta_ref: the anchor, one tensor per parameter.
     """
 
-    def __init__(self, fishers: list[Rank1Fisher], theta_ref: torch.Tensor):
-        self.M = torch.stack([F.mu for F in fishers])                                   # (K, P)
+    def __init__(self, fishers: list[Rank1Fisher], theta_ref: list[torch.Tensor]):
+        self.M = torch.stack([F.mu for F in fishers])                                       # (K, P)
         for k, F in enumerate(fishers):
             F.mu = self.M[k]
+        sizes = [r.numel() for r in theta_ref]
+        self.blocks = list(torch.split(self.M, sizes, dim=1))                               # M_p (K, n_p) views
+        self.theta_ref = [r.detach().clone() for r in theta_ref]                            # ref_p
+        ref = torch.cat([r.reshape(-1) for r in self.theta_ref])
+        self.offset = torch.stack([F.proj(ref) for F in fishers])                           # (K,) float64
         self.c_star = torch.tensor([F.c_star for F in fishers], dtype=torch.float64, device=self.M.device)
-        self.theta_ref = theta_ref.detach().to(self.M.dtype).clone()                    # (P,)
-        self.offset = torch.stack([F.proj(theta_ref) for F in fishers]).to(self.M.device)  # (K,) float64
 
-    def proj(self, theta: torch.Tensor) -> torch.Tensor:
-        """mu_k^T (theta - theta_k*) for every k, (K,) float64."""
-        return (self.M @ (theta.to(self.M.dtype) - self.theta_ref)).double() + self.offset
+    def proj(self, params: list[torch.Tensor]) -> torch.Tensor:
+        """mu_k^T (theta - theta_k*) for every past task k: (K,) float64."""
+        diffs = torch._foreach_sub([p.detach() for p in params], self.theta_ref)             # theta_p - ref_p
+        return sum((M_p @ d.reshape(-1)).double() for M_p, d in zip(self.blocks, diffs)) + self.offset
 
-    def grad_and_value(self, theta: torch.Tensor, lam: float):
-        """Eq. (9) term (C) = lam M^T (c* proj), (P,), and Eq. (6) = sum_k c*_k proj_k^2, from one projection."""
-        proj = self.proj(theta)                                                         # (K,)
-        return self.M.T @ (lam * self.c_star * proj).to(self.M.dtype), self._eq6(proj)
+    def terms(self, params: list[torch.Tensor], lam: float):
+        """([(C)_p = lam M_p^T (c* proj)], Eq. (6) value sum_k c*_k proj_k^2) from one projection."""
+        proj = self.proj(params)                                                            # (K,)
+        w = (lam * self.c_star * proj).to(self.M.dtype)                                     # (K,)
+        C = [(w @ M_p).view_as(p) for M_p, p in zip(self.blocks, params)]                   # Eq. (9) (C)
+        return C, (self.c_star * proj ** 2).sum()                                           # Eq. (6)
 
-    def _eq6(self, proj: torch.Tensor) -> torch.Tensor:
-        """Eq. (6) from the projections: sum_k c*_k proj_k^2."""
-        return (self.c_star * proj ** 2).sum()
 
-    def grad(self, theta: torch.Tensor, lam: float) -> torch.Tensor:
-        return self.grad_and_value(theta, lam)[0]
+class DiagonalPenalty:
+    """Classic EWC (Kirkpatrick et al. 2017): F_k = diag(f_k), kept with its own theta_k* per past task."""
 
-    def value(self, theta: torch.Tensor) -> float:
-        return float(self._eq6(self.proj(theta)))
+    def __init__(self, fishers: list[DiagonalFisher], params: list[torch.Tensor]):
+        sizes = [p.numel() for p in params]
+        self.f = [[v.view_as(p) for v, p in zip(torch.split(F.diag, sizes), params)] for F in fishers]
+        self.theta_star = [[v.view_as(p) for v, p in zip(torch.split(F.theta_star, sizes), params)] for F in fishers]
+
+    def terms(self, params: list[torch.Tensor], lam: float):
+        """([(C)_p = lam sum_k f_kp (theta_p - theta*_kp)], Eq. (6) value sum_k sum_p f_kp (theta_p - theta*_kp)^2)."""
+        C = [torch.zeros_like(p) for p in params]
+        value = torch.zeros((), dtype=torch.float64, device=params[0].device)
+        for f, star in zip(self.f, self.theta_star):
+            diffs = torch._foreach_sub([p.detach() for p in params], star)                  # theta_p - theta*_kp
+            fd = torch._foreach_mul(f, diffs)                                               # f_kp (theta_p - theta*_kp)
+            torch._foreach_add_(C, fd, alpha=lam)                                           # Eq. (9) (C)
+            value = value + sum((a * d).sum().double() for a, d in zip(fd, diffs))          # Eq. (6)
+        return C, value
+
+
+def grad_norm_and_clip(params: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """The total gradient norm (a 0-d tensor, no host sync); scales the gradients to max_norm if it is set
+    and exceeded (torch.nn.utils.clip_grad_norm_'s rule, coefficient max_norm / (norm + 1e-6))."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    if max_norm:
+        torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
+    return norm
 
 # -----------------------------------------------------------------------------
 # the training step: finetune (beta = lam = 0), ewc (beta = 0), replay (lam = 0), tr
@@ -142,63 +173,71 @@ class TrustRegionLearner:
         self.beta, self.lam, self.grad_clip = beta, lam, grad_clip
         self.params = params_list(model)
         self.opt = torch.optim.Adam(self.params, lr=lr)
-        self.fishers: list[Rank1Fisher] = []
-        self.penalty: StackedRank1Penalty | None = None
+        self.fishers: list[Rank1Fisher | DiagonalFisher] = []
+        self.penalty: Rank1Penalty | DiagonalPenalty | None = None
 
-    def add_fisher(self, F: Rank1Fisher, theta_ref: torch.Tensor | None = None):
-        """Register a finished task's Fisher; the anchor is the current parameters (= theta* of that task)."""
-        F.mu = F.mu.to(self.params[0].device)
+    def add_fisher(self, F: Rank1Fisher | DiagonalFisher, theta_ref: list[torch.Tensor] | None = None):
+        """Register a finished task's Fisher; its theta* is the current parameters (the anchor of Rank1Penalty).
+        theta_ref (per-parameter tensors) replaces the anchor when a checkpoint is loaded."""
+        if self.fishers and type(F) is not type(self.fishers[0]):
+            raise ValueError(f"cannot mix {type(self.fishers[0]).__name__} and {type(F).__name__} penalties")
+        F.to(self.params[0].device)
         self.fishers.append(F)
         if self.lam > 0:
-            ref = flat_params(self.model) if theta_ref is None else theta_ref
-            self.penalty = StackedRank1Penalty(self.fishers, ref)
+            if isinstance(F, DiagonalFisher):
+                self.penalty = DiagonalPenalty(self.fishers, self.params)
+            else:
+                ref = self.params if theta_ref is None else [r.to(self.params[0].device) for r in theta_ref]
+                self.penalty = Rank1Penalty(self.fishers, ref)
+
+    def term_C(self) -> list[torch.Tensor]:
+        """Eq. (9) term (C) = lam sum_i F_i (theta - theta_i*) at the current parameters, per parameter tensor:
+        exactly what `step` adds to the gradients."""
+        if self.penalty is None:
+            return [torch.zeros_like(p) for p in self.params]
+        return self.penalty.terms(self.params, self.lam)[0]
 
     def step(self, batch, replay_batch=None, generator=None, log_terms: bool = False) -> dict:
-        """One update. log_terms=True also logs ||A||, ||B||, ||C|| (costs a second backward pass)."""
+        """One update -> dict of 0-d tensors (loss, loss_cur, grad_norm, [loss_replay], [trust_region]).
+        log_terms=True also logs ||A||, ||B||, ||C|| of Eq. (9) (costs a second backward pass)."""
         self.opt.zero_grad(set_to_none=True)
-        logs = {}
         L_cur = _mean_loss(self.loss_fn, self.model, batch, generator)                     # L_t
-        loss = L_cur
+        loss, logs = L_cur, {}
         use_replay = self.beta > 0 and replay_batch is not None
         if use_replay:
             L_rep = _mean_loss(self.replay_loss_fn, self.model, replay_batch, generator)   # L_Replay
             loss = loss + self.beta * L_rep
-            logs["loss_replay"] = L_rep.item()
+            logs["loss_replay"] = L_rep.detach()
         if log_terms:
-            gA = torch.autograd.grad(L_cur, self.params, retain_graph=use_replay)
-            gB = torch.autograd.grad(self.beta * L_rep, self.params) if use_replay else [torch.zeros_like(g) for g in gA]
-            for p, a, b in zip(self.params, gA, gB):
-                p.grad = a + b
-            logs["norm_A"], logs["norm_B"] = flatten(gA).norm().item(), flatten(gB).norm().item()
+            gA = torch.autograd.grad(L_cur, self.params, retain_graph=use_replay)           # (A)
+            logs["norm_A"] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gA)))
+            for p, a in zip(self.params, gA):
+                p.grad = a
+            if use_replay:
+                gB = torch.autograd.grad(self.beta * L_rep, self.params)                    # (B)
+                logs["norm_B"] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gB)))
+                torch._foreach_add_([p.grad for p in self.params], gB)
         else:
             loss.backward()                                                                # (A) + (B), one pass
         if self.penalty is not None:
-            theta = flatten([p.detach() for p in self.params])                             # (P,)
-            C, tr_value = self.penalty.grad_and_value(theta, self.lam)                     # (C), analytic; Eq. (6)
-            torch._foreach_add_([p.grad for p in self.params], unflatten(C, self.params))
-            logs["trust_region"] = float(tr_value)
+            C, logs["trust_region"] = self.penalty.terms(self.params, self.lam)            # (C), analytic; Eq. (6)
+            torch._foreach_add_([p.grad for p in self.params], C)
             if log_terms:
-                logs["norm_C"] = C.norm().item()
-        if self.grad_clip:
-            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip))
+                logs["norm_C"] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(C)))
+        logs["grad_norm"] = grad_norm_and_clip(self.params, self.grad_clip)
         self.opt.step()
-        logs["loss"], logs["loss_cur"] = loss.item(), L_cur.item()
+        logs["loss"], logs["loss_cur"] = loss.detach(), L_cur.detach()
         return logs
 
     def state_dict(self) -> dict:
-        return {"opt": self.opt.state_dict(), "fishers": [F.state_dict() for F in self.fishers],
-                "theta_ref": None if self.penalty is None else self.penalty.theta_ref}
+        ref = self.penalty.theta_ref if isinstance(self.penalty, Rank1Penalty) else None
+        return {"opt": self.opt.state_dict(), "fishers": [F.state_dict() for F in self.fishers], "theta_ref": ref}
 
     def load_state_dict(self, sd: dict):
         self.opt.load_state_dict(sd["opt"])
         self.fishers, self.penalty = [], None
         for f in sd["fishers"]:
-            self.fishers.append(Rank1Fisher.from_state_dict(f))
-        if self.fishers and self.lam > 0:
-            dev = self.params[0].device
-            for F in self.fishers:
-                F.mu = F.mu.to(dev)
-            self.penalty = StackedRank1Penalty(self.fishers, sd["theta_ref"].to(dev))
+            self.add_fisher(fisher_from_state_dict(f), sd["theta_ref"])
 
 # -----------------------------------------------------------------------------
 # Eq. (10): the MAML terms, exactly, with Hessian-vector products

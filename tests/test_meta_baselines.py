@@ -230,22 +230,35 @@ def test_vrmcl_state_dict_resumes_exactly():
 
 
 def test_make_learner_by_name():
+    """make_learner builds each method's learner with the Eq. (3) loss and its replay loss.
+    Catches: tr built without replay (beta silently 0), ftml/vrmcl given distillation instead of plain replay."""
+    import diffusion
+    import replay
+
+    sched = diffusion.Schedule()
     cfg = types.SimpleNamespace(lr=1e-3, lam=5.0, beta=1.0, inner_lr=1e-4, vr_momentum=0.3, second_order=False)
     kinds = {}
     for method in mb.METHODS:
-        learner = mb.make_learner(method, MLP(), mse_loss, mse_loss, cfg)
+        model = MLP()
+        learner = mb.make_learner(method, model, sched, cfg)
+        rl = learner.replay_loss_fn
+        assert (rl.kind if rl else None) == mb.replay_kind(method)
+        if rl is not None:
+            rl.set_teacher(replay.frozen_copy(model))
         logs = learner.step(_batch(), _batch(seed=9) if mb.uses_replay(method) else None)
-        assert isinstance(logs["loss"], float)
+        assert torch.is_tensor(logs["loss"]) and logs["loss"].dim() == 0
+        assert ("loss_replay" in logs) == mb.uses_replay(method)
         learner.load_state_dict(learner.state_dict())
         kinds[method] = type(learner).__name__
     assert kinds["ftml"] == "FTMLLearner" and kinds["vrmcl"] == "VRMCLLearner"
-    assert mb.make_learner("vrmcl", MLP(), mse_loss, mse_loss, cfg).r == 0.3
-    assert mb.make_learner("vrmcl", MLP(), mse_loss, mse_loss, object()).r == 0.15
+    assert mb.make_learner("tr", MLP(), sched, cfg).lam == 5.0 and mb.make_learner("replay", MLP(), sched, cfg).lam == 0
+    assert mb.make_learner("vrmcl", MLP(), sched, cfg).r == 0.3
+    assert mb.make_learner("vrmcl", MLP(), sched, object()).r == 0.15
     assert [m for m in mb.METHODS if mb.uses_fisher(m)] == ["ewc", "tr"]
     assert [m for m in mb.METHODS if mb.uses_replay(m)] == ["replay", "tr", "ftml", "vrmcl"]
     assert [mb.replay_kind(m) for m in mb.METHODS] == [None, None, "distill", "distill", "generative", "generative"]
     with pytest.raises(ValueError, match="unknown method"):
-        mb.make_learner("maml", MLP(), mse_loss, None, cfg)
+        mb.make_learner("maml", MLP(), sched, cfg)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -88,19 +88,15 @@ def test_replay_loss_kinds_and_errors():
     sched = diffusion.Schedule()
     student = TinyDenoiser()
     batch = _batch()
-    gen = replay.make_replay_loss("generative", sched)
+    gen = replay.ReplayLoss("generative", sched)
     assert gen(student, batch, torch.Generator().manual_seed(0)).shape == (16,)
-    distill = replay.make_replay_loss("distill", sched)
+    distill = replay.ReplayLoss("distill", sched)
     with pytest.raises(ValueError, match="teacher"):
         distill(student, batch)
     distill.set_teacher(replay.frozen_copy(student))
     assert torch.all(distill(student, batch, torch.Generator().manual_seed(0)) == 0)
     with pytest.raises(ValueError, match="kind"):
-        replay.make_replay_loss("mse", sched)
-    # teacher weights round-trip through state_dict
-    other = replay.make_replay_loss("distill", sched, replay.frozen_copy(TinyDenoiser()))
-    other.load_state_dict(distill.state_dict())
-    torch.testing.assert_close(other.teacher.lin.weight, student.lin.weight)
+        replay.ReplayLoss("mse", sched)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from diffusion import Schedule, batch_loss, with_noise
-from fisher import Rank1Fisher, flat_params, flatten, params_list
-from trust_region import (StackedRank1Penalty, TrustRegionLearner, eq16_table, gradient_terms, maml_terms,
+from fisher import DiagonalFisher, Rank1Fisher, flat_params, flatten, params_list
+from trust_region import (Rank1Penalty, TrustRegionLearner, eq16_table, gradient_terms, maml_terms,
                           objective, toy_problems, trust_region_value)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +62,8 @@ def test_eq9_terms_sum_to_autograd_of_eq8():
 
 
 def test_training_step_gradient_equals_A_plus_B_plus_C():
+    """The fast step (one backward + analytic per-tensor (C)) adds exactly Eq. (9)'s A + B + C.
+    Catches: a dropped lam or c*, (C) added to the wrong parameter block, a stale anchor."""
     model, loss, cur, rep, fishers = setup()
     beta, lam = 0.7, 3.0
     terms = gradient_terms(model, cur, rep, loss, loss, beta, lam, fishers)
@@ -70,25 +72,54 @@ def test_training_step_gradient_equals_A_plus_B_plus_C():
         learner = TrustRegionLearner(m, loss, loss, beta=beta, lam=lam, lr=0.0)
         for F in fishers:
             learner.add_fisher(copy.deepcopy(F))
+        assert rel(flatten(learner.term_C()), terms["C"]) <= 1e-10
         logs = learner.step(cur, rep, log_terms=log_terms)
+        assert all(torch.is_tensor(v) and v.dim() == 0 for v in logs.values())   # no host sync in step
         g = flatten([p.grad for p in params_list(m)])
         assert rel(g, terms["A"] + terms["B"] + terms["C"]) <= 1e-10
         theta = flat_params(m)
-        assert logs["trust_region"] == pytest.approx(trust_region_value(fishers, theta), rel=1e-10)
+        assert logs["trust_region"].item() == pytest.approx(trust_region_value(fishers, theta), rel=1e-10)
+        assert logs["grad_norm"].item() == pytest.approx(g.norm().item(), rel=1e-10)
         if log_terms:
             for k in "ABC":
-                assert logs[f"norm_{k}"] == pytest.approx(terms[k].norm().item(), rel=1e-10)
+                assert logs[f"norm_{k}"].item() == pytest.approx(terms[k].norm().item(), rel=1e-10)
 
 
-def test_stacked_penalty_float32_matches_per_fisher_float64():
+def test_diagonal_penalty_step_equals_plain_form():
+    """--fisher diag: the step adds lam sum_k diag(f_k) (theta - theta_k*) (classic EWC) and logs Eq. (6).
+    Catches: a penalty that ignores theta_k* of earlier tasks, or the rank-1 path taken for a diagonal F."""
+    model, loss, cur, rep, _ = setup()
+    g = torch.Generator().manual_seed(3)
+    P = flat_params(model).numel()
+    diags = [DiagonalFisher(torch.rand(P, generator=g, dtype=torch.float64), flat_params(model) + 0.01 * k)
+             for k in range(2)]
+    terms = gradient_terms(model, cur, None, loss, None, 0.0, 2.5, diags)
+    learner = TrustRegionLearner(copy.deepcopy(model), loss, None, beta=0.0, lam=2.5, lr=0.0)
+    for F in diags:
+        learner.add_fisher(copy.deepcopy(F))
+    logs = learner.step(cur)
+    assert rel(flatten([p.grad for p in params_list(learner.model)]), terms["A"] + terms["C"]) <= 1e-10
+    assert logs["trust_region"].item() == pytest.approx(trust_region_value(diags, flat_params(model)), rel=1e-10)
+    with pytest.raises(ValueError, match="cannot mix"):
+        learner.add_fisher(Rank1Fisher(torch.ones(P, dtype=torch.float64), 1.0, 0.0))
+
+
+def test_rank1_penalty_float32_matches_per_fisher_float64():
+    """The anchored float32 projection loses no accuracy against the float64 per-Fisher form.
+    Catches: projecting theta itself instead of theta - theta_ref (float32 cancellation)."""
     model, loss, cur, rep, fishers = setup()
     f32 = [Rank1Fisher(F.mu.float(), F.c_star, F.mu_dot_theta_star) for F in fishers]
-    theta_ref = flat_params(model)
-    pen = StackedRank1Penalty(f32, theta_ref)
-    theta = theta_ref + 1e-3 * torch.randn_like(theta_ref)
+    m32 = copy.deepcopy(model).float()
+    params = params_list(m32)
+    pen = Rank1Penalty(f32, params)
+    with torch.no_grad():
+        for p in params:
+            p.add_(1e-3 * torch.randn_like(p))
+    theta = flat_params(m32).double()
     ref = sum(2.0 * F.grad(theta) for F in fishers)
-    assert rel(pen.grad(theta.float(), 2.0).double(), ref) <= 1e-5
-    assert pen.value(theta.float()) == pytest.approx(trust_region_value(fishers, theta), rel=1e-4)
+    C, value = pen.terms(params, 2.0)
+    assert rel(flatten(C).double(), ref) <= 1e-5
+    assert value.item() == pytest.approx(trust_region_value(fishers, theta), rel=1e-4)
 
 
 def test_method_switches():
