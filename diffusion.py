@@ -24,7 +24,8 @@ Deviations from the paper
 - Timesteps are 0-based (t in {0..999}), as in diffusers; the paper writes t = 1..T.
 - The schedule is fixed to diffusers' defaults (linear betas 1e-4..0.02, 1000 steps; reference
   notes §6); DDIM uses "leading" spacing (980, 960, ..., 0 for 50 steps) and alpha_bar_prev = 1
-  at the last step, as diffusers' DDIMScheduler.
+  at the last step, as diffusers' DDIMScheduler. The DDIM step follows DDIMScheduler.step's defaults:
+  x0_hat is clipped to [-1, 1], and the direction term uses the network's eps_hat as predicted.
 """
 from __future__ import annotations
 
@@ -130,14 +131,16 @@ def ddim_timesteps(num_train: int = 1000, steps: int = 50) -> torch.Tensor:
 @torch.no_grad()
 def ddim_sample(model, sched: Schedule, shape, cond, steps: int = 50, eta: float = 0.0,
                 generator: torch.Generator | None = None, progress: bool = False,
-                device=None, dtype=torch.float32, clip: bool = True) -> torch.Tensor:
+                device=None, dtype=torch.float32) -> torch.Tensor:
     """Draw x0 of ``shape`` = (B, ...) from x_T ~ N(0, I) with DDIM; deterministic given generator.
 
-    With eta = 0 the update is deterministic given x_T (DDIM, Song et al. 2021a, Eq. 12):
-        x0_hat   = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t), clipped to [-1, 1]
-        sigma_t  = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev)
+    One step from t to t_prev = t - T/steps (ab = alpha_bar; ab_prev = 1 after the last step):
+        x0_hat   = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t), clipped to [-1, 1]     DDIM Eq. 12
+        sigma_t  = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev)      DDIM Eq. 16
         x_prev   = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma_t^2) eps_hat + sigma_t z
-    As diffusers does, eps_hat is recomputed from the clipped x0_hat before the step.
+    With eta = 0 the map x_T -> x0 is deterministic. As diffusers' DDIMScheduler.step with its defaults
+    (clip_sample=True, use_clipped_model_output=False): x0_hat is clipped, but the direction term keeps the
+    network's eps_hat (it is not recomputed from the clipped x0_hat).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     x = torch.randn(shape, generator=generator, device=device, dtype=dtype)  # x_T
@@ -146,15 +149,13 @@ def ddim_sample(model, sched: Schedule, shape, cond, steps: int = 50, eta: float
     B = shape[0]
     for t in tqdm(ts.tolist(), desc="DDIM", leave=False, disable=not progress):
         t_batch = torch.full((B,), t, dtype=torch.long, device=device)
-        eps_hat = model(x, t_batch, cond)
-        ab = float(sched.alpha_bar[t])
-        ab_prev = float(sched.alpha_bar[t - ratio]) if t - ratio >= 0 else 1.0
-        x0_hat = (x - math.sqrt(1 - ab) * eps_hat) / math.sqrt(ab)            # DDIM Eq. 12, "predicted x0"
-        if clip:
-            x0_hat = x0_hat.clamp(-1.0, 1.0)
-            eps_hat = (x - math.sqrt(ab) * x0_hat) / math.sqrt(1 - ab)
+        eps_hat = model(x, t_batch, cond)                                       # (B, ...)
+        ab = float(sched.alpha_bar[t])                                          # alpha_bar_t
+        ab_prev = float(sched.alpha_bar[t - ratio]) if t - ratio >= 0 else 1.0  # alpha_bar_{t_prev}
+        x0_hat = (x - math.sqrt(1 - ab) * eps_hat) / math.sqrt(ab)              # DDIM Eq. 12, "predicted x0"
+        x0_hat = x0_hat.clamp(-1.0, 1.0)                                        # diffusers clip_sample=True
         sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)  # DDIM Eq. 16
-        x = math.sqrt(ab_prev) * x0_hat + math.sqrt(max(1 - ab_prev - sigma ** 2, 0.0)) * eps_hat
+        x = math.sqrt(ab_prev) * x0_hat + math.sqrt(max(1 - ab_prev - sigma ** 2, 0.0)) * eps_hat  # DDIM Eq. 12
         if sigma > 0:
             x = x + sigma * torch.randn(shape, generator=generator, device=device, dtype=dtype)
     return x
