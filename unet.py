@@ -14,7 +14,9 @@ D_o observation dim, L sequence length seen by attention (H*W for images, S/2^k 
 hd = C/nh head size, E = step-embedding width (dsed in Diffusion Policy).
 
 Shared pieces (written once, used by both networks):
-- `sinusoidal_embedding`: the Transformer positional encoding of the diffusion step t.
+- `sinusoidal_embedding`: the Transformer positional encoding of the diffusion step t, in diffusers' form
+  (cos first, w_k = 10000^(-k/half)) for the image UNet and Diffusion Policy's (sin first, 10000^(-k/(half-1)))
+  for the action UNet.
 - `StepEmbedding`: sinusoid -> Linear -> act -> Linear (SiLU for the image UNet, Mish for Diffusion Policy).
 - `SelfAttention`: GroupNorm -> multi-head softmax(Q K^T / sqrt(hd)) V -> Linear, plus a residual, on (B, C, L).
   It is written with plain matmuls (no F.scaled_dot_product_attention) so that torch.func.jvp (rank-1 Fisher,
@@ -24,12 +26,14 @@ The residual blocks are not shared: the image block is the pre-activation ResNet
 (GroupNorm -> SiLU -> conv, time embedding added) and the action block is Diffusion Policy's post-activation
 FiLM block (conv -> GroupNorm -> Mish, then scale * h + bias). Merging them would need mode switches.
 
-2D layout (diffusers UNet2DModel, the library the paper names in C.1.1): conv_in; per level `layers_per_block`
-ResNet blocks (+ self-attention at the listed levels) and a stride-2 conv downsample except at the last level;
+2D layout (diffusers UNet2DModel with its default block types, the library and the "default hyperparameters"
+the paper names in C.1.1): conv_in; per level `layers_per_block` ResNet blocks (+ self-attention after each at
+every level but the first: DownBlock2D, AttnDownBlock2D x 3) and a stride-2 conv downsample except at the last level;
 mid = ResNet, attention, ResNet; up path with `layers_per_block + 1` ResNet blocks per level, each consuming one
 skip tensor (concatenated on channels), nearest x2 + conv upsample except at the last level; GroupNorm -> SiLU
 -> conv_out. The class embedding (nn.Embedding) is added to the time embedding. Attention heads have size 8
-(diffusers' attention_head_dim), so 32 heads at 256 channels; dropout 0.
+(diffusers' attention_head_dim), so 32 heads at 256 channels; dropout 0. Step encoding: diffusers' Timesteps
+with flip_sin_to_cos=True, freq_shift=0, then Linear(128, 512) -> SiLU -> Linear(512, 512).
 
 1D layout (Diffusion Policy, Chi et al. 2023, `ConditionalUnet1D`): global condition g = [step embedding ||
 flattened observations] of size E + O*D_o; per down level two FiLM residual blocks (+ attention) and
@@ -40,22 +44,21 @@ That is 6 + 2 + 4 = 12 FiLM residual blocks, as the paper states. As in Diffusio
 level fewer than the down path, so the first level's output (left on the skip list) is never concatenated back.
 
 Parameter counts (python unet.py; exact, with torch default layers):
-    unet2d_paper(num_classes=500)  36,002,307   paper 37.45M  (-3.9%)
+    unet2d_paper(num_classes=500)  38,639,107   paper 37.45M  (+3.2%); diffusers 0.42.1 UNet2DModel with these
+                                                channels and num_class_embeds=500: 38,639,107 (reference notes §6)
     unet1d_paper()                 83,264,772   paper 83.27M  (-0.01%)
 
 Deviations from the paper:
-- paper (C.1.1): "label-conditioned UNet from HuggingFace diffusers, default hyperparameters" with channels
-  (128, 256, 256, 256); here: a hand-written copy of that layout with self-attention at level 1 (16x16 for
-  32x32 inputs) and in the mid block, as in DDPM's CIFAR-10 UNet. 36.00M vs 37.45M; `attention_levels=(1, 2)`
-  gives 37.32M (-0.3%) and diffusers' default AttnDownBlock2D at levels 1-3 gives 38.64M (+3.2%). The paper does
-  not say which; we keep the team's choice (one attention level) and report the count.
-- paper (C.1.1, via diffusers): step encoding cos-first with frequencies 10000^(-k/half); here: one sinusoid for
-  both networks, sin-first with frequencies 10000^(-k/(half-1)) (Diffusion Policy's). A fixed permutation and a
-  slightly different frequency grid in front of a learned Linear layer; no effect on capacity.
+- paper (C.1.1): "label-conditioned UNet from HuggingFace diffusers, default hyperparameters", 37.45M (Table 6);
+  here: a hand-written copy of UNet2DModel's defaults (attention at levels 1-3 and in the mid block), which
+  has 38.64M, +3.2%. We follow the text ("default hyperparameters") rather than the count, because no simple
+  variant gives 37.45M: attention at level 1 only (DDPM's CIFAR-10 layout) gives 36,002,307 (-3.9%), at
+  levels 1-2 37,320,707 (-0.35%); the paper names neither.
 - paper (C.2.1): "8-head self-attention at U-Net levels 2 and 3 (the 512- and 1024-channel resolutions)",
   placement not given; here: one attention after the two residual blocks of down level 2 (512 channels) and of
-  down level 3 (1024), and one between the two mid blocks (1024, like the image UNet's mid block): 83,264,772
-  parameters, 0.006% from 83.27M. Other placements: down levels 2 and 3 only 79,064,324 (-5.1%); plus
+  down level 3 (1024), and one between the two mid blocks (1024, like the image UNet's mid block). The third
+  (mid-block) attention layer is not in the paper's text: it is kept because it matches the 83.27M count of
+  Table 6 (83,264,772, 0.006% off). Other placements: down levels 2 and 3 only 79,064,324 (-5.1%); plus
   attention after each mid block 87,465,220 (+5.0%). (An attention layer costs 4C^2 + 6C: 1,051,648 at C=512,
   4,200,448 at C=1024; the network without attention has 73,812,228.)
 """
@@ -76,36 +79,42 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+def sinusoidal_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool, freq_shift: float) -> torch.Tensor:
     """Transformer sinusoidal encoding of the diffusion step (Vaswani et al. 2017; Ho et al. 2020 Sec. 4).
 
-    t (B,) long or float -> (B, dim) = [sin(t w_k), cos(t w_k)], w_k = 10000^(-k / (dim/2 - 1)), k < dim/2.
+    t (B,) long or float -> (B, dim) = [sin(t w_k), cos(t w_k)] ([cos, sin] if flip_sin_to_cos),
+    w_k = 10000^(-k / (dim/2 - freq_shift)), k < dim/2 (the parameters are diffusers' Timesteps arguments).
+    diffusers UNet2DModel default: flip_sin_to_cos=True, freq_shift=0. Diffusion Policy's SinusoidalPosEmb:
+    sin first, w_k = 10000^(-k / (dim/2 - 1)), i.e. flip_sin_to_cos=False, freq_shift=1.
     """
     half = dim // 2
     k = torch.arange(half, device=t.device, dtype=torch.float32)
-    w = torch.exp(-math.log(10000.0) * k / (half - 1))  # (half,)
+    w = torch.exp(-math.log(10000.0) * k / (half - freq_shift))  # (half,)
     arg = t.to(torch.float32)[:, None] * w[None, :]  # (B, half)
-    return torch.cat([arg.sin(), arg.cos()], dim=-1)  # (B, dim)
+    parts = [arg.cos(), arg.sin()] if flip_sin_to_cos else [arg.sin(), arg.cos()]
+    return torch.cat(parts, dim=-1)  # (B, dim)
 
 
 class StepEmbedding(nn.Module):
     """sinusoid(t) -> Linear(dim, hidden) -> act -> Linear(hidden, out_dim).
 
-    Image UNet: 128 -> 512 -> 512 with SiLU (diffusers TimestepEmbedding); Diffusion Policy: E -> 4E -> E with
-    Mish (paper C.2.1: 512 -> 2048 -> 512).
+    Image UNet: cos-first sinusoid without shift, 128 -> 512 -> 512 with SiLU (diffusers Timesteps +
+    TimestepEmbedding); Diffusion Policy: sin-first sinusoid with shift 1, E -> 4E -> E with Mish (paper C.2.1:
+    512 -> 2048 -> 512).
     """
 
-    def __init__(self, dim: int, hidden: int, out_dim: int, act: type[nn.Module]):
+    def __init__(self, dim: int, hidden: int, out_dim: int, act: type[nn.Module], flip_sin_to_cos: bool,
+                 freq_shift: float):
         super().__init__()
         if dim < 4 or dim % 2:
             raise ValueError(f"step embedding width must be even and >= 4, got {dim}")
-        self.dim = dim
+        self.dim, self.flip_sin_to_cos, self.freq_shift = dim, flip_sin_to_cos, freq_shift
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), act(), nn.Linear(hidden, out_dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """t (B,) long -> (B, out_dim)."""
-        first = self.mlp[0].weight
-        return self.mlp(sinusoidal_embedding(t, self.dim).to(first.dtype))  # (B, dim) in the weights' dtype
+        emb = sinusoidal_embedding(t, self.dim, self.flip_sin_to_cos, self.freq_shift)  # (B, dim)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))  # in the weights' dtype
 
 
 class SelfAttention(nn.Module):
@@ -208,14 +217,17 @@ class UNet2D(nn.Module):
     """Label-conditioned image denoiser eps_theta(x_t, t, y) (paper C.1.1; diffusers UNet2DModel layout).
 
     block_out_channels: channels per level; attention_levels: 0-based levels with self-attention after every
-    ResNet block (level l works at resolution H / 2^l); the mid block always has one attention.
-    num_classes=None builds an unconditional model (cond must then be None).
+    ResNet block (level l works at resolution H / 2^l), None for diffusers' default (every level but the first:
+    AttnDownBlock2D / AttnUpBlock2D there, DownBlock2D / UpBlock2D at level 0); the mid block always has one
+    attention. num_classes=None builds an unconditional model (cond must then be None).
     """
 
     def __init__(self, in_channels: int = 3, block_out_channels: tuple[int, ...] = (128, 256, 256, 256),
-                 layers_per_block: int = 2, attention_levels: tuple[int, ...] = (1,), num_classes: int | None = None,
-                 norm_groups: int = 32, head_dim: int = 8, dropout: float = 0.0):
+                 layers_per_block: int = 2, attention_levels: tuple[int, ...] | None = None,
+                 num_classes: int | None = None, norm_groups: int = 32, head_dim: int = 8, dropout: float = 0.0):
         super().__init__()
+        if attention_levels is None:
+            attention_levels = tuple(range(1, len(block_out_channels)))  # diffusers UNet2DModel default
         for c in block_out_channels:
             if c % norm_groups:
                 raise ValueError(f"GroupNorm groups ({norm_groups}) must divide every channel count, not {c}")
@@ -231,7 +243,8 @@ class UNet2D(nn.Module):
         def block(ci: int, co: int) -> ResBlock2D:
             return ResBlock2D(ci, co, emb_dim, norm_groups, dropout)
 
-        self.time_embed = StepEmbedding(chs[0], emb_dim, emb_dim, nn.SiLU)
+        # diffusers UNet2DModel: Timesteps(C0, flip_sin_to_cos=True, freq_shift=0) -> TimestepEmbedding(C0, 4 C0)
+        self.time_embed = StepEmbedding(chs[0], emb_dim, emb_dim, nn.SiLU, flip_sin_to_cos=True, freq_shift=0)
         self.class_embed = nn.Embedding(num_classes, emb_dim) if num_classes is not None else None
         self.conv_in = nn.Conv2d(in_channels, chs[0], 3, padding=1)
 
@@ -366,7 +379,8 @@ class ConditionalUNet1D(nn.Module):
             return SelfAttention(c, heads, norm_groups) if on else nn.Identity()
 
         # paper C.2.1: sinusoid(E) -> Linear(E, 4E) -> Mish -> Linear(4E, E)
-        self.step_embed = StepEmbedding(step_embed_dim, 4 * step_embed_dim, step_embed_dim, nn.Mish)
+        self.step_embed = StepEmbedding(step_embed_dim, 4 * step_embed_dim, step_embed_dim, nn.Mish,
+                                        flip_sin_to_cos=False, freq_shift=1)  # Diffusion Policy's SinusoidalPosEmb
         self.down = nn.ModuleList(
             Level1D(dims[lvl], dims[lvl + 1], cond_dim, kernel_size, norm_groups,
                     attn(dims[lvl + 1], lvl in attention_levels),
@@ -412,22 +426,24 @@ class ConditionalUNet1D(nn.Module):
 
 
 def unet2d_paper(num_classes: int | None = 500, in_channels: int = 3) -> UNet2D:
-    """Paper C.1.1 / Table 6 image UNet: channels (128, 256, 256, 256), 2 blocks per level, attention at 16x16
-    (level 1 for 32x32 inputs) and in the mid block, GroupNorm 32, dropout 0. 36,002,307 parameters with 500
-    classes (paper: 37.45M)."""
-    return UNet2D(in_channels, (128, 256, 256, 256), layers_per_block=2, attention_levels=(1,),
+    """Paper C.1.1 / Table 6 image UNet: diffusers UNet2DModel defaults with channels (128, 256, 256, 256):
+    2 blocks per level, attention at levels 1-3 (16x16, 8x8, 4x4 for 32x32 inputs) and in the mid block,
+    GroupNorm 32, dropout 0, cos-first step sinusoid. 38,639,107 parameters with 500 classes (paper: 37.45M)."""
+    return UNet2D(in_channels, (128, 256, 256, 256), layers_per_block=2, attention_levels=(1, 2, 3),
                   num_classes=num_classes, norm_groups=32)
 
 
 def unet2d_small(num_classes: int | None = None, in_channels: int = 3) -> UNet2D:
-    """CPU-sized image UNet: channels (32, 64), 2 blocks per level, attention at level 1, GroupNorm 8."""
+    """CPU-sized image UNet: channels (32, 64), 2 blocks per level, attention at level 1 (diffusers' default
+    placement for two levels) and in the mid block, GroupNorm 8."""
     return UNet2D(in_channels, (32, 64), layers_per_block=2, attention_levels=(1,), num_classes=num_classes,
                   norm_groups=8)
 
 
 def unet2d_tiny(num_classes: int | None = None, in_channels: int = 3) -> UNet2D:
-    """Smoke-test image UNet: channels (8, 16, 16), 1 block per level, attention at level 2 (8x8 for 32x32
-    inputs, where it is cheap) and in the mid block, GroupNorm 4. Image sides must be multiples of 4."""
+    """Smoke-test image UNet: channels (8, 16, 16), 1 block per level, attention at level 2 only (8x8 for 32x32
+    inputs, where it is cheap; diffusers' default would add level 1) and in the mid block, GroupNorm 4.
+    Image sides must be multiples of 4."""
     return UNet2D(in_channels, (8, 16, 16), layers_per_block=1, attention_levels=(2,), num_classes=num_classes,
                   norm_groups=4)
 

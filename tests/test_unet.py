@@ -104,7 +104,31 @@ def test_paper_parameter_counts():
         n1d = unet.count_parameters(unet.unet1d_paper(obs_dim=39, obs_horizon=6, action_dim=4, horizon=8))
     assert abs(n2d - 37.45e6) / 37.45e6 < 0.05  # Table 6
     assert abs(n1d - 83.27e6) / 83.27e6 < 0.05  # Table 6
-    assert (n2d, n1d) == (36_002_307, 83_264_772)  # the counts quoted in unet.py and the README
+    # 38,639,107 is diffusers 0.42.1 UNet2DModel(block_out_channels=(128, 256, 256, 256), num_class_embeds=500)
+    # with every other argument at its default (reference notes §6)
+    assert (n2d, n1d) == (38_639_107, 83_264_772)
+
+
+def test_small_and_tiny_2d_counts_unchanged():
+    """unet2d_small / unet2d_tiny keep their layout (other modules and the README use them)."""
+    with torch.device("meta"):
+        assert unet.count_parameters(unet.unet2d_small()) == 1_002_883
+        assert unet.count_parameters(unet.unet2d_tiny()) == 71_323
+
+
+def test_unet2d_paper_attention_follows_diffusers_default_blocks():
+    """diffusers UNet2DModel defaults: down (DownBlock2D, AttnDownBlock2D x 3), up (AttnUpBlock2D x 3, UpBlock2D),
+    an attention per ResNet block in Attn blocks (2 down, 3 up), one in the mid block: 6 + 9 + 1 = 16.
+    Catches: attention at one level only (DDPM CIFAR-10 layout, 6 layers) or in the first level, too."""
+    with torch.device("meta"):
+        model = unet.unet2d_paper()
+        default = unet.UNet2D(3, (32, 64, 64), num_classes=None, norm_groups=8)  # attention_levels=None
+    attn = lambda level: sum(isinstance(a, unet.Attention2D) for a in level.attns)
+    assert [attn(level) for level in model.down] == [0, 2, 2, 2]
+    assert [attn(level) for level in model.up] == [3, 3, 3, 0]          # deepest level first
+    assert isinstance(model.mid_attn, unet.Attention2D)
+    assert sum(isinstance(m, unet.Attention2D) for m in model.modules()) == 16
+    assert [attn(level) for level in default.down] == [0, 2, 2]
 
 
 def test_attention_layer_parameter_count():
@@ -173,7 +197,7 @@ def test_bad_configs():
     with pytest.raises(ValueError, match="heads"):
         unet.SelfAttention(12, 5, 4)
     with pytest.raises(ValueError, match="step embedding width"):
-        unet.StepEmbedding(6 - 1, 8, 8, torch.nn.Mish)
+        unet.StepEmbedding(6 - 1, 8, 8, torch.nn.Mish, flip_sin_to_cos=False, freq_shift=1)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -254,17 +278,37 @@ def test_double_backward_hessian_vector_product(kind):
 
 
 def test_sinusoidal_embedding_values():
+    """Both step encodings at dim 8 (half = 4), frequencies written out by hand.
+    Catches: swapping the two forms (sin/cos order or the frequency grid) between the networks."""
     t = torch.tensor([0, 1, 999])
-    emb = unet.sinusoidal_embedding(t, 8)  # (3, 8)
-    w = 10000.0 ** (-torch.arange(4) / 3.0)
+    # Diffusion Policy (SinusoidalPosEmb): [sin, cos], w_k = 10000^(-k/3)
+    w = torch.tensor([1.0, 10000 ** (-1 / 3), 10000 ** (-2 / 3), 1e-4], dtype=torch.float64)
     expected = torch.cat([torch.sin(t[:, None] * w), torch.cos(t[:, None] * w)], dim=-1)
-    torch.testing.assert_close(emb, expected.float())
+    torch.testing.assert_close(unet.sinusoidal_embedding(t, 8, flip_sin_to_cos=False, freq_shift=1),
+                               expected.float())
+    # diffusers Timesteps(8, flip_sin_to_cos=True, downscale_freq_shift=0): [cos, sin], w_k = 10000^(-k/4)
+    w = torch.tensor([1.0, 0.1, 0.01, 0.001], dtype=torch.float64)
+    expected = torch.cat([torch.cos(t[:, None] * w), torch.sin(t[:, None] * w)], dim=-1)
+    torch.testing.assert_close(unet.sinusoidal_embedding(t, 8, flip_sin_to_cos=True, freq_shift=0),
+                               expected.float())
+
+
+def test_each_network_uses_its_own_step_encoding():
+    """The image UNet encodes t as diffusers' UNet2DModel does, the action UNet as Diffusion Policy does.
+    Catches: both networks sharing one encoding (the layout before issue 12)."""
+    t = torch.tensor([3, 500])
+    two_d, one_d = unet.unet2d_tiny().time_embed, unet.unet1d_tiny().step_embed
+    assert (two_d.flip_sin_to_cos, two_d.freq_shift) == (True, 0)
+    assert (one_d.flip_sin_to_cos, one_d.freq_shift) == (False, 1)
+    with torch.no_grad():
+        expected = two_d.mlp(unet.sinusoidal_embedding(t, two_d.dim, True, 0))
+    torch.testing.assert_close(two_d(t), expected)
 
 
 def test_main_prints_counts(capsys):
     unet.main([])
     out = capsys.readouterr().out
-    assert "36,002,307" in out and "83,264,772" in out
+    assert "38,639,107" in out and "83,264,772" in out
 
 
 def test_main_bench_tiny_and_bad_flags(capsys):
