@@ -164,3 +164,39 @@ def test_unflatten_roundtrip():
     th = flat_params(model)
     parts = unflatten(th, params_list(model))
     torch.testing.assert_close(flatten(parts), th)
+
+
+class DropoutDenoiser(ConvDenoiser):
+    """ConvDenoiser with dropout (p = 0.5) before the output conv: its train and eval forwards differ."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x, t, cond):
+        h = self.inp(x)
+        e = self.temb((t.to(x.dtype) / 1000).unsqueeze(1)) + self.cemb(cond)   # (B, width)
+        return self.out(self.drop(torch.nn.functional.silu(self.norm(h) + e[:, :, None, None])))
+
+
+def test_estimate_runs_in_eval_mode():
+    """The estimate uses the eval-mode network (reference notes §1: "model in eval mode") and restores train
+    mode: mu and c* equal the plain formulas on eval-mode per-sample gradients, for a model with dropout
+    left in train mode by the caller. Catches: removing model.eval() (the `_eval_mode` context) from
+    Rank1Fisher.estimate (mutation c: dropout then masks half the features in both passes)."""
+    _, loss, batches = make_problem()
+    torch.manual_seed(0)
+    model = DropoutDenoiser().double()
+    plist = params_list(model)
+    model.eval()
+    G = torch.stack([flatten(torch.autograd.grad(loss(model, tuple(v[i:i + 1] for v in b)).sum(), plist))
+                     for b in batches for i in range(5)])                  # (N, P), eval-mode g_i
+    model.train()
+    mu = G.mean(0)
+    torch.manual_seed(1)
+    F = Rank1Fisher.estimate(model, loss, batches, store_dtype=torch.float64)
+    assert model.training                                                   # the caller's mode is restored
+    assert rel(F.mu, mu) <= 1e-10
+    assert abs(F.c_star - ((G @ mu) ** 2).mean().item() / (mu @ mu).item() ** 2) / F.c_star <= 1e-10
+    x, y, t, eps = batches[0]
+    assert not torch.equal(model(x, t, y), model.eval()(x, t, y))           # the two modes do differ
