@@ -76,6 +76,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+import metrics
+
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's FID_WEIGHTS_URL file name
 INCEPTION_NAME = "inception"
 PROXY_NAME = "proxy-randconv-v1"
@@ -116,6 +118,8 @@ def _as_stats(mu1, sigma1, mu2, sigma2):
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
         raise ValueError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+    if not all(np.isfinite(a).all() for a in (mu1, sigma1, mu2, sigma2)):  # sqrtm of a NaN matrix never returns
+        raise ValueError("feature statistics are not finite (NaN or inf): the images or the network diverged")
     return mu1, sigma1, mu2, sigma2
 
 
@@ -192,12 +196,16 @@ def load_stats(path) -> Stats:
     """Inverse of save_stats. A pytorch-fid npz (mu, sigma only) loads as extractor "inception", n=0."""
     if not os.path.isfile(path):
         raise ValueError(f"statistics file not found: {path}")
-    with np.load(path) as z:
-        if "mu" not in z or "sigma" not in z:
-            raise ValueError(f"{path} has no 'mu'/'sigma' arrays")
-        n = int(z["n"]) if "n" in z else 0
-        extractor = str(z["extractor"]) if "extractor" in z else INCEPTION_NAME
-        return Stats(z["mu"].astype(np.float64), z["sigma"].astype(np.float64), n, extractor)
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # not a zip, truncated, pickled objects: errors of every kind
+        raise ValueError(f"{path} is not a readable .npz file ({type(e).__name__})") from None
+    if "mu" not in arrays or "sigma" not in arrays:
+        raise ValueError(f"{path} has no 'mu'/'sigma' arrays")
+    n = int(arrays["n"]) if "n" in arrays else 0
+    extractor = str(arrays["extractor"]) if "extractor" in arrays else INCEPTION_NAME
+    return Stats(arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64), n, extractor)
 
 
 @dataclasses.dataclass
@@ -214,7 +222,8 @@ class FIDResult:
         """'FID 12.34 (inception, n=10000 vs 10000, sampler: DDIM 50 steps)'."""
         sampler = "none" if self.sampler_steps is None else f"DDIM {self.sampler_steps} steps"
         label, note = ("FID-proxy", f"; {PROXY_NOTE}") if self.is_proxy else ("FID", "")
-        return (f"{label} {self.value:.2f} ({self.extractor}, n={self.n_samples_a} vs {self.n_samples_b}, "
+        value = f"{self.value:.2f}".replace("-0.00", "0.00")  # round-off below 0 of a squared distance
+        return (f"{label} {value} ({self.extractor}, n={self.n_samples_a} vs {self.n_samples_b}, "
                 f"sampler: {sampler}{note})")
 
     def to_dict(self) -> dict:
@@ -408,7 +417,10 @@ class FIDInceptionV3(nn.Module):
 
 def load_inception_state(model: FIDInceptionV3, path) -> None:
     """Strict load of pytorch-fid's weights file; ValueError naming the problem if it does not fit."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, foreign or unreadable file: zip, pickle and OS errors of every kind
+        raise ValueError(f"{path} is not a readable torch weights file ({type(e).__name__})") from None
     own = model.state_dict()
     for key, value in own.items():                 # files written before torch 0.4.1 lack these buffers
         if key.endswith("num_batches_tracked"):
@@ -480,13 +492,13 @@ class FeatureExtractor:
         self.is_proxy = name != INCEPTION_NAME
 
     @classmethod
-    def load(cls, weights=None, device=None) -> "FeatureExtractor":
-        """Inception from ``weights`` (must exist) or the hub cache; else the proxy net."""
+    def load(cls, weights=None, device=None, force_proxy: bool = False) -> "FeatureExtractor":
+        """Inception from ``weights`` (must exist) or the hub cache; else (or with force_proxy) the proxy net."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if weights is not None and not os.path.isfile(weights):
             raise ValueError(f"inception weights not found: {weights}")
         path = Path(weights) if weights is not None else default_weights_path()
-        if not path.is_file():
+        if force_proxy or not path.is_file():
             return cls(RandomConvFeatures(seed=0), PROXY_NAME, sum(RandomConvFeatures.widths), device)
         net = FIDInceptionV3()
         load_inception_state(net, path)
@@ -518,12 +530,21 @@ def image_paths(folder) -> list[Path]:
     return paths
 
 
+def _read_image(path, header_only: bool = False) -> np.ndarray | None:
+    """(H, W, 3) uint8, or None after checking only that the file opens as an image (header_only)."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            return None if header_only else np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as e:
+        raise ValueError(f"cannot decode image {path} ({type(e).__name__})") from None
+
+
 def folder_features(ext: FeatureExtractor, folder, batch_size: int, progress: bool) -> np.ndarray:
     """Features of every image in a folder, read one batch at a time (all images must share a size)."""
-    from PIL import Image
     paths, out, size = image_paths(folder), [], None
     for start in tqdm(range(0, len(paths), batch_size), desc=f"{Path(folder).name}", disable=not progress):
-        batch = [np.asarray(Image.open(p).convert("RGB")) for p in paths[start:start + batch_size]]  # (H, W, 3)
+        batch = [_read_image(p) for p in paths[start:start + batch_size]]  # (H, W, 3) uint8
         size = size or batch[0].shape
         if any(a.shape != size for a in batch):
             raise ValueError(f"images in {folder} differ in size (expected {size[1]}x{size[0]})")
@@ -538,7 +559,7 @@ def path_stats(path, ext: FeatureExtractor | None, batch_size: int, progress: bo
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="FID between two image folders or .npz statistics files.")
+    p = metrics.Parser(description="FID between two image folders or .npz statistics files.")
     p.add_argument("path_a", help="folder of PNG/JPEG images, or .npz statistics")
     p.add_argument("path_b", nargs="?", help="second folder or .npz (optional with --save-stats)")
     p.add_argument("--inception-weights", default=None, help=f"{INCEPTION_FILE} (default: torch hub cache)")
@@ -553,11 +574,17 @@ def main(argv=None) -> None:
         p.error("--batch-size must be >= 1")
     for path in (args.path_a, args.path_b):
         if path is not None and not (os.path.isdir(path) or (path.endswith(".npz") and os.path.isfile(path))):
-            print(f"error: not a folder of images or an .npz file: {path}", file=sys.stderr)
-            raise SystemExit(2)
+            p.error(f"not a folder of images or an .npz file: {path}")
+    if args.save_stats:
+        parent = os.path.dirname(os.path.abspath(args.save_stats))
+        if not (os.path.isdir(parent) and os.access(parent, os.W_OK)) or os.path.isdir(args.save_stats):
+            p.error(f"cannot write --save-stats {args.save_stats}: {parent} is not a writable folder")
     try:
-        needs_net = any(x is not None and not x.endswith(".npz") for x in (args.path_a, args.path_b))
-        ext = FeatureExtractor.load(args.inception_weights, args.device) if needs_net else None
+        folders = [x for x in (args.path_a, args.path_b) if x is not None and not x.endswith(".npz")]
+        for folder in folders:  # every image must open before any feature is computed
+            for path in image_paths(folder):
+                _read_image(path, header_only=True)
+        ext = FeatureExtractor.load(args.inception_weights, args.device) if folders else None
         if ext is not None and ext.is_proxy:
             print(f"warning: {INCEPTION_FILE} not found (looked in {default_weights_path().parent}); "
                   f"using {PROXY_NAME}: {PROXY_NOTE}", file=sys.stderr)

@@ -173,6 +173,10 @@ class Rank1Fisher:
         mu = self.mu.double()
         return self.c_star * torch.outer(mu, mu)
 
+    def scalars(self) -> dict:
+        """What the training scripts check for finiteness and log at a task boundary."""
+        return {"rho": self.rho, "c_star": self.c_star, "mu_norm": self.mu_norm2 ** 0.5}
+
     # --- device and checkpointing ---
     def to(self, device) -> "Rank1Fisher":
         self.mu = self.mu.to(device)
@@ -297,6 +301,11 @@ class DiagonalFisher:
 
     def __init__(self, diag: torch.Tensor, theta_star: torch.Tensor, n_samples: int = 0):
         self.diag, self.theta_star, self.n_samples = diag.detach(), theta_star.detach(), int(n_samples)
+        self.diagnostics = {}
+
+    def scalars(self) -> dict:
+        """What the training scripts check for finiteness and log at a task boundary."""
+        return {"trace": float(self.diag.double().sum()), "max": float(self.diag.max())}
 
     def penalty(self, theta):
         d = theta.double() - self.theta_star.double()

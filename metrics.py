@@ -71,7 +71,16 @@ SUMMARY_FIELDS = ("method", "seed", "experiment", "task_names", "n_tasks_trained
                   "average", "forgetting", "thresholds", "reconvergence", "task1_curve", "transitions")
 
 
-# ----------------------------------------------------------------------------- atomic writes and the jsonl log
+# ----------------------------------------------------------------------------- command lines, atomic writes, the log
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line ("error: ...") with exit code 2, for every command line of the project."""
+
+    def error(self, message):
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(2)
+
+
 
 def atomic_write_text(path, text):
     """Write `text` to path + ".tmp", fsync, then os.replace: readers see the old file or the new one, never half."""
@@ -163,6 +172,23 @@ def eval_schedule(steps_per_task, dense=True):
         return [steps_per_task]
     points = [2, 4, 6, 8, 10, *range(15, 101, 5), *range(150, 1001, 50), *range(2000, steps_per_task + 1, 1000)]
     return sorted({s for s in points if s <= steps_per_task} | {steps_per_task})
+
+
+def curve_points(spec, steps_per_task):
+    """The in-task steps of an evaluation curve from a --curve value: "dense" (eval_schedule), "end" (the task's
+    last step), "off" (none) or comma-separated steps such as "250,500,1000" (each in 1..steps_per_task)."""
+    if spec in ("dense", "end"):
+        return eval_schedule(steps_per_task, dense=spec == "dense")
+    if spec == "off":
+        return []
+    try:
+        points = sorted({int(v) for v in spec.split(",") if v.strip()})
+    except ValueError:
+        points = []
+    if not points or points[0] < 1 or points[-1] > steps_per_task:
+        raise ValueError(f"--curve must be dense, end, off or steps in 1..{steps_per_task} like '250,500', "
+                         f"got {spec!r}")
+    return points
 
 
 def empty_matrix(n_tasks):
@@ -258,8 +284,9 @@ def table2_markdown(rows, thresholds, higher_is_better, title="Task 1"):
     """Paper Table 2 layout. rows: {label: [reconvergence table per seed]} (one entry = one run)."""
     tasks = sorted({k for tables in rows.values() for t in tables for k in t[str(thresholds[0])]},
                    key=lambda name: int(name[1:]))
-    heading = (f"Steps to re-converge {title} (in-task gradient updates after each transition; {DASH} = never; "
-               f"{UNDEFINED} = undefined, the task's own success was 0)")
+    undefined = f"; {UNDEFINED} = undefined, the task's own success was 0" if higher_is_better else ""
+    heading = (f"Steps to re-converge {title} (in-task gradient updates after each transition; {DASH} = never"
+               f"{undefined})")
     if not tasks:
         return f"{heading}\n\nNo later task has been trained yet.\n"
     header = ["Method"] + [f"{threshold_label(th, higher_is_better)} {k}" for th in thresholds for k in tasks]
@@ -346,6 +373,13 @@ def plot_figure2(series, transitions, path, ylabel, title, bands=None):
 
 # ----------------------------------------------------------------------------- summary.json
 
+def reference(curve, j, R):
+    """Table 2's initial optimum of task j: its curve's last point during its own task j (the same evaluation
+    protocol as the curve points it is compared with: sample count, sampler noise), else R[j][j]."""
+    own = [score for _, _, k, score in curve if k == j]
+    return own[-1] if own else R[j][j]
+
+
 def build_summary(method, seed, experiment, task_names, R, higher_is_better, curve, transitions, thresholds,
                   extra=None, task_curves=None):
     """The summary.json dict (schema in the module docstring).
@@ -362,7 +396,7 @@ def build_summary(method, seed, experiment, task_names, R, higher_is_better, cur
         raise ValueError(f"R has {len(R)} rows but only {len(task_names)} task names")
     result = table1(R, higher_is_better)
     curves = {0: curve, **{int(j): c for j, c in (task_curves or {}).items()}}
-    reconv = {f"T{j + 1}": reconvergence(c, transitions, R[j][j], thresholds, higher_is_better, task=j)
+    reconv = {f"T{j + 1}": reconvergence(c, transitions, reference(c, j, R), thresholds, higher_is_better, task=j)
               for j, c in sorted(curves.items()) if j < len(R) and c}
     return {
         "schema_version": 1, "method": method, "seed": int(seed), "experiment": experiment,
@@ -373,6 +407,15 @@ def build_summary(method, seed, experiment, task_names, R, higher_is_better, cur
         "task1_curve": [[int(g), float(s)] for g, _, _, s in curve],
         "transitions": [int(t) for t in transitions], "extra": dict(extra or {}),
     }
+
+
+def write_run_outputs(out, summary, ylabel, title):
+    """A run's result files: summary.json, summary.md (summary_markdown) and figure2.png (its Task-1 curve)."""
+    atomic_write_json(os.path.join(out, "summary.json"), summary)
+    atomic_write_text(os.path.join(out, "summary.md"), summary_markdown(summary))
+    if summary["task1_curve"]:
+        plot_figure2({DISPLAY_NAMES.get(summary["method"], summary["method"]): summary["task1_curve"]},
+                     summary["transitions"], os.path.join(out, "figure2.png"), ylabel, title)
 
 
 def summary_markdown(summary):
@@ -397,6 +440,33 @@ def summary_markdown(summary):
 
 # ----------------------------------------------------------------------------- aggregation CLI
 
+def _summary_problem(s):
+    """None if `s` has the summary.json schema (module docstring), else what is wrong with it."""
+    if not isinstance(s, dict):
+        return "not a JSON object"
+    missing = [k for k in SUMMARY_FIELDS + ("R",) if k not in s]
+    if missing:
+        return f"missing {missing}"
+    if s["experiment"] not in EXPERIMENTS or not isinstance(s["method"], str) or type(s["seed"]) is not int:
+        return "experiment, method or seed has the wrong type or value"
+    names, n = s["task_names"], s["n_tasks_trained"]
+    if not isinstance(names, list) or type(n) is not int or not 1 <= n <= len(names):
+        return "task_names / n_tasks_trained malformed"
+    R = s["R"]
+    if not isinstance(R, list) or len(R) != n or any(not isinstance(row, list) or len(row) != len(names) for row in R):
+        return f"R must be {n} rows of {len(names)} entries"
+    if any(not isinstance(R[i][j], numbers.Real) for i in range(n) for j in range(i + 1)):
+        return "R has a missing or non-numeric score at or below the diagonal"
+    for key in ("average",) + (("forgetting",) if n > 1 else ()):
+        if not isinstance(s[key], numbers.Real):
+            return f"{key} is not a number"
+    if not isinstance(s["task1_curve"], list) or any(not isinstance(p, list) or len(p) != 2 for p in s["task1_curve"]):
+        return "task1_curve must be [[global_step, score], ...]"
+    if not isinstance(s["reconvergence"], dict) or not isinstance(s["transitions"], list):
+        return "reconvergence or transitions malformed"
+    return None
+
+
 def load_summaries(run_dirs):
     """summary.json of each run dir, grouped {experiment: {method: [summary, ...]}} in the paper's order."""
     groups = {}
@@ -404,11 +474,14 @@ def load_summaries(run_dirs):
         path = os.path.join(run_dir, "summary.json")
         if not os.path.isfile(path):
             raise ValueError(f"missing {path}")
-        with open(path, encoding="utf-8") as f:
-            s = json.load(f)
-        missing = [k for k in SUMMARY_FIELDS if k not in s]
-        if missing or s["experiment"] not in EXPERIMENTS:
-            raise ValueError(f"{path} is not a summary.json of this project (missing {missing or 'experiment'})")
+        try:
+            with open(path, encoding="utf-8") as f:
+                s = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path} is not readable JSON ({type(e).__name__}: {e})") from None
+        problem = _summary_problem(s)
+        if problem:
+            raise ValueError(f"{path} is not a summary.json of this project: {problem}")
         groups.setdefault(s["experiment"], {}).setdefault(s["method"], []).append(s)
     keyed = lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)  # noqa: E731
     for experiment, by_method in groups.items():
@@ -456,7 +529,7 @@ def aggregate(run_dirs, out_dir):
                 xs, mean, se = agg
                 series[name(m)], bands[name(m)] = list(zip(xs, mean)), se
         png = os.path.join(out_dir, f"figure2_{experiment}.png")
-        ylabel = "Task 1 success rate" if hib else "Task 1 FID"
+        ylabel = "Task 1 success rate" if hib else f"Task 1 {'FID-proxy' if extra.get('is_proxy') else 'FID'}"
         plot_figure2(series, first["transitions"], png, ylabel, f"{title}: Task 1 over continual training", bands)
         written.append(png)
     atomic_write_text(os.path.join(out_dir, "table1.md"), "\n".join(t1))
@@ -465,8 +538,8 @@ def aggregate(run_dirs, out_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Aggregate runs/<name>/summary.json into Table 1, Table 2 and "
-                                                 "Figure 2 (mean ± standard error over seeds).")
+    parser = Parser(description="Aggregate runs/<name>/summary.json into Table 1, Table 2 and Figure 2 "
+                                "(mean ± standard error over seeds).")
     sub = parser.add_subparsers(dest="command", required=True)
     agg = sub.add_parser("aggregate", help="aggregate run directories")
     agg.add_argument("run_dirs", nargs="+", help="run directories, each holding a summary.json")

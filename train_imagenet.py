@@ -1,70 +1,53 @@
 """Task-incremental class-conditional image diffusion: ImageNet-500 at 32x32 (paper Section 4.1, Appendix C.1).
 
-One script trains a label-conditioned UNet (unet.py) on 10 tasks of 50 classes each, one task after the other,
-with any of the six methods of Table 1 (`--method finetune|ewc|replay|tr|ftml|vrmcl`), and scores it by FID
-(fid.py) the way Tables 1-2 and Figure 2 do:
+    python train_imagenet.py --method tr --data-dir DIR                       # the paper's configuration (Table 3)
+    python train_imagenet.py --method tr --dataset shapes --preset small     # the built-in dataset, on a CPU
+    python train_imagenet.py --method tr --preset smoke                      # seconds; what the tests run
+    python train_imagenet.py --bench                                         # DDIM sampling, FID features speed
+Rerun the same command to resume a run that was stopped (Ctrl-C, kill -9). Training steps/s per method:
+`python meta_baselines.py --bench --model unet2d_paper --batch 128`.
 
-    after task i, for every seen task j <= i:   R[i][j] = FID(DDIM-50 samples of task j's classes,
+A label-conditioned UNet (unet.py) learns 10 tasks of 50 classes each, one after the other, with any of the six
+methods of Table 1, and is scored by FID (fid.py) as Tables 1-2 and Figure 2 do:
+    after task i, for every seen task j <= i:   R[i][j] = FID(DDIM samples of task j's classes,
                                                               held-out images of task j's classes)
     AFID = mean_j R[-1][j],  F = mean_{j<last} (R[-1][j] - R[j][j])                      (Table 1; metrics.py)
     Task-1 FID at in-task steps 2, 4, ..., 100, 150, ... of every task      (Figure 2; metrics.eval_schedule)
     steps until FID_1 <= (1 + tau) FID_1^(0), tau in {10, 20, 30}%                  (Table 2; metrics.py)
 
-The objective of a step is the learner's (trust_region.py / meta_baselines.py); Eq. (8) for `tr`:
-    L_T(theta; D_t) + beta L_replay(theta) + lam/2 sum_i c*_i (mu_i^T (theta - theta*_i))^2
-The loop never branches on the method name: meta_baselines.uses_fisher / uses_replay say whether the
-task boundary estimates a rank-1 Fisher (fisher.py, on the task's real training images with pre-drawn noise)
-and whether it (re)builds the generative replay pool (replay.py, DDIM samples from the frozen teacher).
-
-Data (`--dataset`):
+Data (--dataset):
     imagenet32  downsampled ImageNet 32x32 in its official npz files (reference notes §7):
                 DIR/Imagenet32_train_npz/train_data_batch_{1..10}.npz, DIR/Imagenet32_val_npz/val_data.npz,
-                `data` (N, 3072) uint8 channel-planar, `labels` 1-indexed. Classes 1..500 -> 0..499;
-                task k = classes 50k .. 50k+49 (Appendix C.1.2). The val split (50 per class) is the
-                held-out FID reference.
-    shapes      built-in procedural stand-in of the same shape (500 classes, 32x32 RGB): class c =
-                shape (c % 10) x colour ((c // 10) % 10) x background (c // 100); train and held-out sets
-                drawn from disjoint seeds.
-Loading streams each npz member from its zip file in row chunks into ONE preallocated uint8 array
-(N_kept, 3, 32, 32); np.load(mmap_mode="r") cannot map members of a zip. Batches are converted to float in
-[-1, 1] one batch at a time, so no float copy of the training set ever exists.
-
-Determinism and resume: every random draw at step s of task k comes from a generator seeded with
-seed * 1_000_003 + k * 100_003 + s + salt * 10**12 (team spec; the salt separates uses), so a run resumed from
-its checkpoint (`--out DIR` on an existing run folder) writes the same summary.json as an uninterrupted one
-on the CPU. Checkpoints (atomic) are written at every task boundary and every `checkpoint_every` steps.
+                `data` (N, 3072) uint8 channel-planar, `labels` 1-indexed. Classes 1..500 -> 0..499; task k =
+                classes 50k .. 50k+49 (Appendix C.1.2). The val split (50 per class) is the held-out FID reference.
+                Each npz member is streamed from its zip in row chunks into ONE preallocated uint8 array; batches
+                become float in [-1, 1] one at a time, so no float copy of the training set exists.
+    shapes      a built-in procedural stand-in of the same shape (500 classes, 32x32 RGB): class c = shape (c % 10)
+                x colour ((c // 10) % 10) x background (c // 100); train and held-out sets from disjoint seeds.
 
 Deviations from the paper
-- FID protocol (not stated in the paper): per task, `fid_samples` = 2,500 generated images (50 per class,
-  DDIM 50, eta 0) against the task's 2,500 held-out ImageNet-32 validation images (50 per class, all the val
-  split has). The reference side is capped at 2,500 by the val split, so generating more reduces FID's
-  sample-size bias little; both sides exceed Inception's 2,048 features, so the covariances are full rank.
-- Table 2's reference FID_1^(0) is the Task-1 *curve* value at the end of Task 1 (same sample count and the
-  same fixed sampler noise as every other curve point), not R[0][0]: FID depends on the sample count, and
-  the curve uses fewer samples (`curve_samples`) than the per-task evaluation.
+- FID protocol (not stated in the paper): per task, fid_samples = 2,500 generated images (50 per class, DDIM 50,
+  eta 0) against the task's 2,500 held-out validation images (50 per class, all the val split has).
+- Table 2's reference FID_1^(0) is the Task-1 curve value at the end of Task 1 (the curve's sample count and fixed
+  sampler noise), not R[0][0]: FID's bias depends on the sample count (metrics.build_summary).
 - Generation noise is fixed per evaluated task (common random numbers), so the curve moves only with theta.
-- Steps per task = epochs_per_task x floor(N_task / batch) (each epoch is one pass over a fresh
-  permutation, last partial batch dropped).
+- Steps per task = epochs_per_task x floor(N_task / batch) (an epoch is one pass over a fresh permutation, the last
+  partial batch dropped), unless --steps-per-task is given.
 - The replay pool of every old task is regenerated by the new teacher at each boundary (the authors' gr.py,
-  reference notes §2); `--no-replay-rebuild` keeps old tasks' pools instead.
+  reference notes §2); --no-replay-rebuild keeps old tasks' pools instead.
 - Without the Inception weights file, fid.py falls back to a random-conv proxy (scores labelled "FID-proxy").
 """
 from __future__ import annotations
 
-import argparse
 import colorsys
-import copy
-import dataclasses
-import json
 import math
 import os
 import pickle
-import signal
 import sys
 import time
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +56,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 import diffusion
+import experiment
 import fid
 import fisher
 import meta_baselines
@@ -86,126 +70,94 @@ import unet
 
 @dataclass
 class Config:
-    """Hyperparameters. Defaults are the paper's ImageNet values (Table 3, Appendix C.1); presets override a few."""
-    method: str = "tr"                  # finetune | ewc | replay | tr | ftml | vrmcl (Table 1 rows)
-    seed: int = 0                       # training seed (Table 3: 3 seeds averaged)
-    dataset: str = "imagenet32"         # imagenet32 (npz files in data_dir) | shapes (procedural, built in)
-    data_dir: str = "data/imagenet32"   # folder holding Imagenet32_train_npz/ and Imagenet32_val_npz/
-    num_tasks: int = 10                 # Appendix C.1.2: 10 tasks
-    classes_per_task: int = 50          # Appendix C.1.2: 50 classes per task (500 in all)
-    model: str = "paper"                # unet.py factory unet2d_<model>: paper (C.1.1, Table 6) | small | tiny
-    batch_size: int = 128               # Table 3 (bilevel: split 64 support + 64 query by the learner)
-    lr: float = 2e-4                    # Table 3: Adam (outer lr for ftml/vrmcl)
-    epochs_per_task: float = 100.0      # Table 3: 100 epochs per task
-    steps_per_task: int = 0             # > 0 overrides epochs_per_task (gradient updates per task)
-    grad_clip: float | None = None      # clip the update's gradient norm; paper: not stated -> off
-    lam: float = 15_000.0               # Table 3: EWC lambda (ewc, tr)
-    fisher_samples: int = 10_000        # Table 3: rank-1 Fisher estimated over 10,000 samples per task
-    fisher_batch: int = 64              # batch of the Fisher passes (memory only, same estimate)
-    replay_per_task: int = 1_300        # Table 3: replay buffer 1,300 per task
-    replay_ratio: float = 1.0           # Table 3: replay batch = replay_ratio x batch_size
-    beta: float = 1.0                   # Eq. (7)-(8) replay weight (authors' gr.py: 1; reference notes §2)
-    replay_ddim_steps: int = 50         # DDIM steps of the replay pool (authors' gr.py: 50)
-    replay_rebuild: bool = True         # regenerate every old task's pool at each boundary (authors' gr.py)
-    inner_lr: float = 1e-4              # Table 3: inner SGD lr (ftml, vrmcl)
-    vr_momentum: float = 0.15           # VR-MCL r (official run commands; reference notes §3)
-    ddim_steps: int = 50                # Appendix C.1.1: DDIM 50 inference steps (FID samples, grids)
-    fid_samples: int = 2_500            # generated images per task for R[i][j] (50 per class; see docstring)
-    heldout_per_class: int = 50         # held-out images per class (ImageNet-32 val has 50); shapes: drawn
-    curve: str = "dense"                # Task-1 FID curve: dense (eval_schedule) | end (task ends only) | off
-    curve_samples: int = 2_100          # generated images per curve point (just above Inception's 2,048)
-    fid_proxy: bool = False             # force fid.py's proxy extractor even if the Inception file exists
-    inception_weights: str = ""         # pt_inception-2015-12-05-6726825d.pth; "" = torch hub cache or proxy
+    method: str = "tr"  # finetune | ewc | replay | tr | ftml | vrmcl (Table 1 rows)
+    seed: int = 0  # training seed (Table 3: 3 seeds averaged)
+    dataset: str = "imagenet32"  # imagenet32 (npz files in data_dir) | shapes (procedural, built in)
+    data_dir: str = "data/imagenet32"  # folder holding Imagenet32_train_npz/ and Imagenet32_val_npz/
+    num_tasks: int = 10  # Appendix C.1.2: 10 tasks
+    classes_per_task: int = 50  # Appendix C.1.2: 50 classes per task (500 in all)
+    model: str = "paper"  # unet.py factory unet2d_<model>: paper (C.1.1, Table 6) | small | tiny
+    batch_size: int = 128  # Table 3 (bilevel: split 64 support + 64 query by the learner)
+    lr: float = 2e-4  # Table 3: Adam (outer lr for ftml/vrmcl)
+    epochs_per_task: float = 100.0  # Table 3: 100 epochs per task
+    steps_per_task: int = 0  # > 0 overrides epochs_per_task (gradient updates per task)
+    grad_clip: float = 0.0  # clip the update's gradient norm, 0 = off (paper: not stated)
+    fisher: str = "rank1"  # rank1 (Wang et al. 2026, the paper) | diag (classic EWC, for comparison)
+    fisher_samples: int = 10_000  # Table 3: Fisher estimated over 10,000 samples per task
+    fisher_batch: int = 64  # batch of the Fisher passes (memory only, same estimate)
+    lam: float = 15_000.0  # Table 3: EWC lambda (ewc, tr)
+    beta: float = 1.0  # Eq. (7)-(8) replay weight (authors' gr.py: 1; reference notes §2)
+    replay_per_task: int = 1_300  # Table 3: replay buffer 1,300 per task
+    replay_ratio: float = 1.0  # Table 3: replay batch = replay_ratio x batch_size
+    replay_ddim_steps: int = 50  # DDIM steps of the replay pool (authors' gr.py: 50)
+    replay_rebuild: bool = True  # regenerate every old task's pool at each boundary (authors' gr.py)
+    inner_lr: float = 1e-4  # Table 3: inner SGD lr (ftml, vrmcl)
+    vr_momentum: float = 0.15  # VR-MCL r (official run commands; reference notes §3)
+    ddim_steps: int = 50  # Appendix C.1.1: DDIM 50 inference steps (FID samples, grids)
+    fid_samples: int = 2_500  # generated images per task for R[i][j] (50 per class)
+    heldout_per_class: int = 50  # held-out images per class (ImageNet-32 val has 50); shapes: drawn
+    curve: str = "dense"  # Task-1 curve: dense (metrics.eval_schedule) | end | off | in-task steps "250,500,..."
+    curve_samples: int = 2_100  # generated images per curve point (just above Inception's 2,048 features)
+    curve_all_tasks: bool = False  # evaluate every seen task on the curve schedule (Appendix D tables)
+    fid_proxy: bool = False  # use fid.py's proxy extractor even if the Inception weights file exists
+    inception_weights: str = ""  # pt_inception-2015-12-05-6726825d.pth; "" = torch hub cache, else the proxy
     allow_rank_deficient_fid: bool = False  # permit FID sample counts <= feature dim (singular covariance)
-    shapes_seed: int = 0                # shapes only: the dataset's seed (fixed across training seeds)
+    shapes_seed: int = 0  # shapes only: the dataset's seed (fixed across training seeds)
     shapes_train_per_class: int = 1_300  # shapes only: training images per class (ImageNet-32: ~1,281)
-    sample_batch: int = 500             # batch for DDIM sampling and feature extraction (memory only)
-    checkpoint_every: int = 2_000       # steps between mid-task checkpoints (plus one at each task end)
-    log_every: int = 50                 # steps between "train" records in metrics.jsonl
-    device: str = "auto"                # auto (cuda if available) | cpu | cuda[:i]
-    progress: bool = True               # tqdm bars
-    threads: int = 0                    # torch CPU threads; 0 = torch's default (tiny models: 1 is fastest)
+    sample_batch: int = 500  # batch of DDIM sampling and feature extraction (memory only)
+    log_every: int = 50  # steps between train records (losses, Eq. 9 term norms, Eq. 6) in metrics.jsonl
+    checkpoint_every: int = 2_000  # steps between mid-task checkpoints (and one at every task end)
+    device: str = "auto"  # auto | cpu | cuda[:i]
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+    progress: bool = True  # tqdm bars
 
 
+RUNTIME_FIELDS = ("data_dir", "device", "threads", "progress", "sample_batch")
 PRESETS = {
-    # CI: seconds on a CPU; every method and the resume test run it
-    "smoke": dict(dataset="shapes", num_tasks=2, classes_per_task=2, model="tiny", batch_size=8, steps_per_task=4,
-                  fisher_samples=16, fisher_batch=8, replay_per_task=8, replay_ddim_steps=2, ddim_steps=4,
-                  fid_samples=16, heldout_per_class=8, curve_samples=8, fid_proxy=True,
-                  allow_rank_deficient_fid=True, shapes_train_per_class=16, sample_batch=32, checkpoint_every=2,
-                  log_every=2, threads=1),
-    # CPU, ~15-30 min on 2 cores: 5 tasks x 10 shape classes, the tiny UNet (the small one is ~5x slower per
-    # step on a CPU), Adam 1e-3 (2e-4 leaves it at noise after 200 steps), DDIM 10; per-task FID 300 vs 300
-    # (full rank for the 256-d proxy), Task-1 curve 100 samples
+    "paper": {},
+    # CPU, 2 cores: 5 tasks x 10 shape classes, the tiny UNet, Adam 1e-3, DDIM 10; FID-proxy 300 vs 300
     "small": dict(dataset="shapes", num_tasks=5, classes_per_task=10, model="tiny", batch_size=32, lr=1e-3,
                   steps_per_task=200, fisher_samples=256, fisher_batch=32, replay_per_task=100,
-                  replay_ddim_steps=10, ddim_steps=10, fid_samples=300, heldout_per_class=30, curve_samples=100,
-                  allow_rank_deficient_fid=True, shapes_train_per_class=200, sample_batch=300, checkpoint_every=100,
-                  threads=1),
-    "paper": dict(),
+                  replay_ddim_steps=10, ddim_steps=10, fid_samples=300, heldout_per_class=30, curve="end",
+                  curve_samples=300, allow_rank_deficient_fid=True, shapes_train_per_class=200, sample_batch=300,
+                  checkpoint_every=100, threads=1),
+    "smoke": dict(dataset="shapes", num_tasks=2, classes_per_task=2, model="tiny", batch_size=8, steps_per_task=4,
+                  fisher_samples=16, fisher_batch=8, replay_per_task=8, replay_ddim_steps=2, ddim_steps=4,
+                  fid_samples=16, heldout_per_class=8, curve_samples=8, fid_proxy=True, allow_rank_deficient_fid=True,
+                  shapes_train_per_class=16, sample_batch=32, checkpoint_every=2, log_every=2, threads=1,
+                  progress=False),
 }
-RUNTIME_FIELDS = ("device", "progress", "threads")  # the only fields a resumed run takes from the command line
+CHOICES = {"method": meta_baselines.METHODS, "dataset": ("imagenet32", "shapes"), "model": ("paper", "small", "tiny"),
+           "fisher": fisher.FISHER_KINDS}
+# random streams (the last key of experiment.generator)
+STREAM_PERM, STREAM_TRAIN, STREAM_NOISE, STREAM_FISHER, STREAM_POOL, STREAM_FID, STREAM_CURVE = range(7)
 
 
-def _flag_type(default):
-    if isinstance(default, bool):
-        return None
-    return float if default is None else type(default)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="named overrides of the defaults")
-    p.add_argument("--out", default=None, help="run folder; an existing one is resumed from its checkpoint "
-                                               "(default runs/<method>__<seed>__<UTC time>)")
-    p.add_argument("--bench", action="store_true", help="print training steps/s per method and FID feature "
-                                                        "extraction images/s for this configuration, then exit")
-    p.add_argument("--bench-methods", default="finetune,replay,tr", help="comma-separated methods for --bench")
-    p.add_argument("--bench-steps", type=int, default=10, help="timed steps per method for --bench")
-    p.add_argument("--bench-fid-images", type=int, default=1000, help="images fed to the FID extractor by --bench")
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            p.add_argument(flag, dest=f.name, type=_flag_type(f.default), default=None,
-                           metavar=f.name.upper())
-    return p
-
-
-def resolve_config(args) -> Config:
-    """Defaults < preset < explicit flags."""
-    values = dict(PRESETS[args.preset])
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                   if getattr(args, f.name) is not None})
-    return Config(**values)
-
-
-def validate_config(cfg: Config) -> None:
-    """One-line ValueError for impossible settings (main turns it into `error: ...`, exit 2)."""
-    if cfg.method not in meta_baselines.METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(meta_baselines.METHODS)}")
-    if cfg.dataset not in ("imagenet32", "shapes"):
-        raise ValueError(f"unknown dataset {cfg.dataset!r}; choose imagenet32 or shapes")
-    if cfg.model not in ("paper", "small", "tiny"):
-        raise ValueError(f"unknown model {cfg.model!r}; choose paper, small or tiny")
-    if cfg.curve not in ("dense", "end", "off"):
-        raise ValueError(f"unknown curve mode {cfg.curve!r}; choose dense, end or off")
+def validate(cfg: Config) -> None:
+    """ValueError (one line) for any configuration that cannot run; nothing is written before this passes."""
+    experiment.validate_common(cfg, positive=(
+        "num_tasks", "classes_per_task", "batch_size", "lr", "epochs_per_task", "fisher_samples", "fisher_batch",
+        "replay_per_task", "replay_ddim_steps", "ddim_steps", "fid_samples", "heldout_per_class", "curve_samples",
+        "shapes_train_per_class", "sample_batch", "log_every", "checkpoint_every"),
+        non_negative=("steps_per_task", "grad_clip", "lam", "beta", "replay_ratio", "inner_lr", "vr_momentum",
+                      "threads"))
     max_classes = 1000 if cfg.dataset == "imagenet32" else 500
-    if cfg.num_tasks < 1 or cfg.classes_per_task < 1 or cfg.num_tasks * cfg.classes_per_task > max_classes:
-        raise ValueError(f"num_tasks x classes_per_task must be in 1..{max_classes} for {cfg.dataset}, "
-                         f"got {cfg.num_tasks} x {cfg.classes_per_task}")
-    positive = ("batch_size", "fisher_samples", "fisher_batch", "replay_per_task", "replay_ddim_steps", "ddim_steps",
-                "fid_samples", "heldout_per_class", "curve_samples", "shapes_train_per_class", "sample_batch",
-                "checkpoint_every", "log_every")
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.steps_per_task < 0 or cfg.epochs_per_task <= 0:
-        raise ValueError("--steps-per-task must be >= 0 and --epochs-per-task > 0")
-    if cfg.method in ("ftml", "vrmcl") and cfg.batch_size % 2:
-        raise ValueError(f"{cfg.method} splits each batch into support + query: --batch-size must be even")
+    experiment.require(cfg.num_tasks * cfg.classes_per_task <= max_classes,
+                       f"--num-tasks x --classes-per-task must be <= {max_classes} for {cfg.dataset}")
+    n_replay = round(cfg.replay_ratio * cfg.batch_size)
+    experiment.require(cfg.method not in ("ftml", "vrmcl") or (cfg.batch_size % 2 == 0 and n_replay % 2 == 0),
+                       f"{cfg.method} splits each batch into support and query halves: --batch-size "
+                       f"({cfg.batch_size}) and the replay batch ({n_replay}) must be even")
+    experiment.require(not meta_baselines.uses_replay(cfg.method) or n_replay >= 1, "--replay-ratio gives no replay")
+    experiment.require(cfg.ddim_steps <= 1000 and cfg.replay_ddim_steps <= 1000, "DDIM steps must be <= 1000")
+    metrics.curve_points(cfg.curve, max(cfg.steps_per_task, 1) if cfg.steps_per_task else 10 ** 9)
+    if cfg.inception_weights:
+        experiment.require(os.path.isfile(cfg.inception_weights),
+                           f"--inception-weights {cfg.inception_weights}: no such file")
+    if cfg.dataset == "imagenet32":
+        missing = [f for f in IMAGENET32_TRAIN + IMAGENET32_VAL if not (Path(cfg.data_dir) / f).is_file()]
+        experiment.require(not missing, f"missing {Path(cfg.data_dir) / missing[0]}: {IMAGENET32_HELP}"
+                           if missing else "")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -421,50 +373,13 @@ def load_data(cfg: Config) -> tuple[ImageSet, ImageSet]:
     """(train, held-out) for the configured dataset and classes."""
     n_classes = cfg.num_tasks * cfg.classes_per_task
     if cfg.dataset == "imagenet32":
-        train, heldout = load_imagenet32(cfg.data_dir, n_classes, cfg.progress)
-    else:
-        train = make_shapes(cfg.shapes_seed, n_classes, cfg.shapes_train_per_class, 0, cfg.progress)
-        heldout = make_shapes(cfg.shapes_seed, n_classes, cfg.heldout_per_class, 1, cfg.progress)
-    return train, heldout
+        return load_imagenet32(cfg.data_dir, n_classes, cfg.progress)
+    return (make_shapes(cfg.shapes_seed, n_classes, cfg.shapes_train_per_class, 0, cfg.progress),
+            make_shapes(cfg.shapes_seed, n_classes, cfg.heldout_per_class, 1, cfg.progress))
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# randomness: one generator per (seed, task, step, use)
-
-SALT_PERM, SALT_STEP, SALT_REPLAY, SALT_FISHER, SALT_POOL, SALT_FID, SALT_CURVE = range(1, 8)
-
-
-def rng(cfg: Config, task: int, step: int, salt: int, device="cpu") -> torch.Generator:
-    """Generator for draw `salt` at step `step` of task `task` (team spec: seed*1_000_003 + k*100_003 + s)."""
-    g = torch.Generator(device=device)
-    g.manual_seed(cfg.seed * 1_000_003 + task * 100_003 + step + salt * 10**12)
-    return g
-
-
-def steps_for_task(cfg: Config, n_images: int) -> int:
-    """Gradient updates for a task of n_images: steps_per_task, or epochs x full batches per epoch."""
-    if n_images < cfg.batch_size:
-        raise ValueError(f"a task has {n_images} training images, fewer than --batch-size {cfg.batch_size}")
-    if cfg.steps_per_task:
-        return cfg.steps_per_task
-    return max(1, round(cfg.epochs_per_task * (n_images // cfg.batch_size)))
-
-
-def batch_rows(cfg: Config, task: int, step: int, task_rows: np.ndarray) -> np.ndarray:
-    """Training rows of step `step`: epoch e = step // per_epoch walks a permutation seeded by (seed, task, e)."""
-    per_epoch = len(task_rows) // cfg.batch_size
-    epoch, pos = divmod(step, per_epoch)
-    perm = torch.randperm(len(task_rows), generator=rng(cfg, task, epoch, SALT_PERM)).numpy()
-    return task_rows[np.sort(perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size])]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# evaluation: FID per task, Task-1 curve, sample grids
-
-
-def task_labels(task: int, classes_per_task: int, n: int) -> torch.Tensor:
-    """n balanced labels of task `task`, cycling through its classes in order: (n,) long."""
-    return task * classes_per_task + torch.arange(n) % classes_per_task
+# evaluation: FID per task, sample grids
 
 
 @torch.no_grad()
@@ -483,13 +398,13 @@ def generate(model, sched, labels: torch.Tensor, steps: int, generator: torch.Ge
 
 
 class Evaluator:
-    """FID of one task's generated samples against that task's held-out images (reference stats cached)."""
+    """FID of one task's generated samples against that task's held-out images (reference statistics cached)."""
 
     def __init__(self, cfg: Config, extractor, heldout: ImageSet, sched, device):
         self.cfg, self.ext, self.heldout, self.sched, self.device = cfg, extractor, heldout, sched, device
-        self.refs = {}
+        self.labels, self.refs = replay.label_source(cfg.classes_per_task), {}
 
-    def ref(self, task: int):
+    def ref(self, task: int) -> fid.Stats:
         """fid.Stats of task `task`'s held-out images (the first heldout_per_class of each class)."""
         if task not in self.refs:
             cpt, per = self.cfg.classes_per_task, self.cfg.heldout_per_class
@@ -500,33 +415,27 @@ class Evaluator:
         return self.refs[task]
 
     def score(self, model, task: int, n: int, generator: torch.Generator):
-        """(fid.FIDResult, samples (n, 3, 32, 32)) for n balanced samples of task `task` (DDIM ddim_steps)."""
-        labels = task_labels(task, self.cfg.classes_per_task, n)
-        x = generate(model, self.sched, labels, self.cfg.ddim_steps, generator, self.cfg.sample_batch, self.device,
-                     self.cfg.progress)
-        gen = fid.Stats.from_features(self.ext.features(x, batch_size=self.cfg.sample_batch), self.ext.name)
-        return fid.fid_from_stats(gen, self.ref(task), sampler_steps=self.cfg.ddim_steps), x
+        """(fid.FIDResult, samples (n, 3, 32, 32)) for n class-balanced samples of task `task`."""
+        x = generate(model, self.sched, self.labels(task, n), self.cfg.ddim_steps, generator, self.cfg.sample_batch,
+                     self.device, self.cfg.progress)
+        stats = fid.Stats.from_features(self.ext.features(x, batch_size=self.cfg.sample_batch), self.ext.name)
+        return fid.fid_from_stats(stats, self.ref(task), sampler_steps=self.cfg.ddim_steps, fast=True), x
 
 
 def check_fid_sample_counts(cfg: Config, extractor) -> None:
-    """FID needs more samples than feature dimensions for full-rank covariances; refuse otherwise.
-
-    With n <= dim, np.cov has rank <= n - 1 < dim: fid.py still returns a number (sqrtm retried with eps*I),
-    but it is biased upward by O(dim / n) and not comparable across sample counts.
-    """
-    counts = {"--fid-samples": cfg.fid_samples, "--heldout-per-class x --classes-per-task":
-              cfg.heldout_per_class * cfg.classes_per_task}
-    if cfg.curve != "off":
-        counts["--curve-samples"] = cfg.curve_samples
-    low = {k: v for k, v in counts.items() if v <= extractor.dim}
-    if low and not cfg.allow_rank_deficient_fid:
-        name, n = next(iter(low.items()))
-        raise ValueError(f"{name} = {n} is not above the {extractor.dim}-d {extractor.name} features: the covariance "
-                         f"would be singular and FID biased upward; raise it or pass --allow-rank-deficient-fid")
+    """FID needs more samples than feature dimensions for full-rank covariances; refuse otherwise (with n <= dim,
+    np.cov has rank <= n - 1 < dim and the score is biased upward by O(dim / n))."""
+    counts = {"--fid-samples": cfg.fid_samples, "--curve-samples": cfg.curve_samples if cfg.curve != "off" else 10 ** 9,
+              "--heldout-per-class x --classes-per-task": cfg.heldout_per_class * cfg.classes_per_task}
+    low = [(k, v) for k, v in counts.items() if v <= extractor.dim]
+    experiment.require(not low or cfg.allow_rank_deficient_fid,
+                       f"{low[0][0]} = {low[0][1]} is not above the {extractor.dim}-d {extractor.name} features: the "
+                       f"covariance would be singular and FID biased upward; raise it or pass "
+                       f"--allow-rank-deficient-fid" if low else "")
 
 
-def save_grid(path: Path, rows: list[torch.Tensor], scale: int = 2) -> None:
-    """PNG grid, one row per tensor (m, 3, 32, 32) in [-1, 1]; 2 px gaps; nearest-neighbour upscaling."""
+def save_grid(path: str, rows: list[torch.Tensor], scale: int = 2) -> None:
+    """PNG grid, one row per tensor (m, 3, 32, 32) in [-1, 1]; 2 px gaps; nearest-neighbour upscaling; atomic."""
     cols, pad = max(len(r) for r in rows), 2
     canvas = np.full((len(rows) * (32 + pad) + pad, cols * (32 + pad) + pad, 3), 255, np.uint8)
     for i, row in enumerate(rows):
@@ -535,320 +444,203 @@ def save_grid(path: Path, rows: list[torch.Tensor], scale: int = 2) -> None:
             y, x = pad + i * (32 + pad), pad + j * (32 + pad)
             canvas[y:y + 32, x:x + 32] = img
     im = Image.fromarray(canvas).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
-    tmp = str(path) + ".tmp"
-    im.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
+    im.save(str(path) + ".tmp", format="PNG")
+    os.replace(str(path) + ".tmp", path)
 
 # ----------------------------------------------------------------------------------------------------------------
-# run state: checkpoint and resume
+# the continual run
 
 
-@dataclass
-class RunState:
-    """Everything a resumed run needs besides the network weights and the learner."""
-    task: int = 0                # task being trained (num_tasks when finished)
-    step: int = 0                # next in-task step of `task`
-    global_step: int = 0         # gradient updates so far
-    R: list = dataclasses.field(default_factory=list)            # rows of metrics' score matrix, FID
-    curve: list = dataclasses.field(default_factory=list)        # (global_step, in_task_step, task, Task-1 FID)
-    transitions: list = dataclasses.field(default_factory=list)  # global steps at which tasks 2, 3, ... begin
-    steps_per_task: list = dataclasses.field(default_factory=list)
+def steps_for_task(cfg: Config, n_images: int) -> int:
+    """Gradient updates for a task of n_images: steps_per_task, or epochs x full batches per epoch."""
+    experiment.require(n_images >= cfg.batch_size, f"a task has {n_images} training images, fewer than "
+                                                   f"--batch-size {cfg.batch_size}")
+    return cfg.steps_per_task or max(1, round(cfg.epochs_per_task * (n_images // cfg.batch_size)))
 
 
-def save_checkpoint(out: Path, cfg: Config, state: RunState, model, learner, pool, replay_loss) -> None:
-    metrics.atomic_torch_save({
-        "config": dataclasses.asdict(cfg), "state": dataclasses.asdict(state), "model": model.state_dict(),
-        "learner": learner.state_dict(), "pool": None if pool is None else pool.state_dict(),
-        "replay_loss": None if replay_loss is None else replay_loss.state_dict(),
-    }, out / "checkpoint.pt")
-
-
-def default_out(cfg: Config) -> Path:
-    return Path("runs") / f"{cfg.method}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+def batch_rows(cfg: Config, task: int, step: int, task_rows: np.ndarray) -> np.ndarray:
+    """Training rows of step `step`: epoch e = step // per_epoch walks a permutation seeded by (seed, task, e)."""
+    per_epoch = len(task_rows) // cfg.batch_size
+    epoch, pos = divmod(step, per_epoch)
+    perm = torch.randperm(len(task_rows), generator=experiment.generator(cfg.seed, task, epoch, STREAM_PERM)).numpy()
+    return task_rows[np.sort(perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size])]
 
 
 def task_names(cfg: Config) -> list[str]:
-    prefix = "" if cfg.dataset == "imagenet32" else "shapes "
-    c = cfg.classes_per_task
+    prefix, c = ("" if cfg.dataset == "imagenet32" else "shapes "), cfg.classes_per_task
     return [f"{prefix}T{k + 1} (classes {k * c}-{(k + 1) * c - 1})" for k in range(cfg.num_tasks)]
 
 
-def write_summary(out: Path, cfg: Config, state: RunState, extractor, n_params: int) -> dict:
-    """summary.json (metrics.build_summary schema) and figure2.png from the state after a finished task."""
-    thresholds = metrics.FID_THRESHOLDS
-    n_done = len(state.R)
-    R = [row + [None] * (cfg.num_tasks - len(row)) for row in state.R]
-    transitions = state.transitions[:n_done - 1]
-    curve = [tuple(p) for p in state.curve if p[2] < n_done]
-    summary = metrics.build_summary(cfg.method, cfg.seed, "imagenet", task_names(cfg), R, False, curve,
-                                    transitions, thresholds, extra={
-                                        "dataset": cfg.dataset, "extractor": extractor.name,
-                                        "is_proxy": extractor.is_proxy, "feature_dim": extractor.dim,
-                                        "fid_samples": cfg.fid_samples,
-                                        "heldout_samples": cfg.heldout_per_class * cfg.classes_per_task,
-                                        "curve_samples": cfg.curve_samples, "ddim_steps": cfg.ddim_steps,
-                                        "steps_per_task": state.steps_per_task[:n_done], "params": n_params})
-    task1_end = [p[3] for p in curve if p[2] == 0 and p[1] == state.steps_per_task[0]]
-    if task1_end:  # Table 2's FID_1^(0) from the curve itself (module docstring, deviations)
-        summary["extra"]["reconvergence_ref"] = task1_end[0]
-        summary["reconvergence"]["T1"] = metrics.reconvergence(curve, transitions, task1_end[0], thresholds, False)
-    metrics.atomic_write_json(out / "summary.json", summary)
-    if curve:
-        label = "FID-proxy" if extractor.is_proxy else "FID"
-        metrics.plot_figure2({cfg.method: [(p[0], p[3]) for p in curve]}, transitions, out / "figure2.png",
-                             f"Task 1 {label} ({cfg.curve_samples} samples)", f"{cfg.dataset}: Task 1 over training")
-    return summary
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# training
-
-
-def build_model(cfg: Config) -> torch.nn.Module:
-    return getattr(unet, f"unet2d_{cfg.model}")(num_classes=cfg.num_tasks * cfg.classes_per_task)
-
-
-def pick_device(name: str, threads: int = 0) -> torch.device:
-    if threads:
-        torch.set_num_threads(threads)
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name} but CUDA is not available")
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 storage, TF32 matmuls (reference notes §9)
-        torch.backends.cudnn.allow_tf32 = True
-    return torch.device(name)
-
-
-def make_learner(cfg: Config, model, sched):
-    """(learner, replay pool or None, replay loss or None) for cfg.method; the only place a method name is read."""
-    loss_fn = diffusion.loss_fn(sched)
-    kind = meta_baselines.replay_kind(cfg.method)
-    replay_loss = None if kind is None else replay.make_replay_loss(kind, sched, replay.frozen_copy(model))
-    pool = None if kind is None else replay.ReplayPool()
-    return meta_baselines.make_learner(cfg.method, model, loss_fn, replay_loss, cfg), pool, replay_loss
-
-
-def estimate_fisher(cfg: Config, model, sched, train: ImageSet, rows: np.ndarray, task: int, device):
-    """Rank-1 Fisher (fisher.py) on fisher_samples real training images of the task, fresh noise per pass."""
-    pick = rows[np.sort(torch.randperm(len(rows), generator=rng(cfg, task, 0, SALT_FISHER)).numpy()
-                        [:cfg.fisher_samples])]
-
-    def batches(pass_index):
-        g = rng(cfg, task, 1 + pass_index, SALT_FISHER, device)
-        for start in range(0, len(pick), cfg.fisher_batch):
-            r = pick[start:start + cfg.fisher_batch]
-            batch = (to_float(train.images[r], device), torch.from_numpy(train.labels[r]).to(device))
-            yield diffusion.with_noise(sched, batch, g)  # pre-drawn t, eps: a deterministic per-sample loss
-
-    return fisher.Rank1Fisher.estimate(model, diffusion.loss_fn(sched), batches, progress=cfg.progress)
-
-
-def end_of_task(cfg, k, out, state, model, learner, pool, replay_loss, sched, train, rows, evaluator, device, log):
-    """Task boundary: Fisher, replay pool, FID of every seen task (row k of R), sample grid, summary."""
-    t0 = time.time()
-    if meta_baselines.uses_fisher(cfg.method):
-        F = estimate_fisher(cfg, model, sched, train, rows, k, device)
-        learner.add_fisher(F)
-        log({"kind": "fisher", "global_step": state.global_step, "task": k, "c_star": F.c_star, "rho": F.rho})
-    if pool is not None:
-        teacher = replay.frozen_copy(model)
-        replay_loss.set_teacher(teacher)
-        for j in (range(k + 1) if cfg.replay_rebuild else [k]):
-            pool.build(teacher, sched, j, replay.label_source(cfg.classes_per_task), cfg.replay_per_task,
-                       (3, 32, 32), batch_size=cfg.sample_batch, steps=cfg.replay_ddim_steps,
-                       generator=rng(cfg, k, j, SALT_POOL, device), device=device, progress=cfg.progress)
-    row, grid = [], []
-    for j in range(k + 1):
-        res, x = evaluator.score(model, j, cfg.fid_samples, rng(cfg, j, 0, SALT_FID, device))
-        row.append(res.value)
-        grid.append(x[:min(cfg.classes_per_task, 10)])
-        print(f"after task {k + 1}: task {j + 1} {res.format()}", flush=True)
-    state.R.append(row)
-    save_grid(out / f"samples_after_task{k + 1:02d}.png", grid)
-    log({"kind": "task_end", "global_step": state.global_step, "task": k, "fid": row,
-         "boundary_seconds": time.time() - t0})
-    state.task, state.step = k + 1, 0
-
-
-def train(cfg: Config, out: Path, resume: dict | None) -> dict:
-    device = pick_device(cfg.device, cfg.threads)
-    extractor = fid.FeatureExtractor.load(cfg.inception_weights or None, device)
-    if cfg.fid_proxy and not extractor.is_proxy:
-        extractor = fid.FeatureExtractor(fid.RandomConvFeatures(seed=0), fid.PROXY_NAME,
-                                         sum(fid.RandomConvFeatures.widths), device)
-    check_fid_sample_counts(cfg, extractor)
-    train_set, heldout = load_data(cfg)
+def train(cfg: Config, folder: experiment.RunFolder, data: tuple[ImageSet, ImageSet], extractor, device) -> dict:
+    """The continual loop over cfg's tasks in `folder` (resumed from its checkpoint if it has one)."""
+    train_set, heldout = data
     task_rows = [train_set.task_index(k, cfg.classes_per_task) for k in range(cfg.num_tasks)]
     steps = [steps_for_task(cfg, len(r)) for r in task_rows]
-
-    torch.manual_seed(cfg.seed)  # initial weights
     sched = diffusion.Schedule()
-    model = build_model(cfg).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    learner, pool, replay_loss = make_learner(cfg, model, sched)
-    state = RunState(steps_per_task=steps)
-    logger = metrics.JsonlLogger(out / "metrics.jsonl")
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        learner.load_state_dict(resume["learner"])
-        if pool is not None:
-            pool.load_state_dict(resume["pool"])
-            replay_loss.load_state_dict(resume["replay_loss"])
-        state = RunState(**resume["state"])
-        logger.truncate_after(state.global_step)
-        print(f"resuming {out} at task {state.task + 1} step {state.step} (global step {state.global_step})")
-    else:
-        metrics.atomic_write_text(out / "metrics.jsonl", "")
-    evaluator = Evaluator(cfg, extractor, heldout, sched, device)
-    print(f"{cfg.method}: {cfg.model} UNet {n_params / 1e6:.2f}M params, {cfg.dataset} {cfg.num_tasks} tasks x "
-          f"{cfg.classes_per_task} classes, steps/task {steps}, FID extractor {extractor.name}, device {device}")
-    kill_at = int(os.environ.get("TRAIN_IMAGENET_SIGKILL_AT_STEP", "0"))  # tests: die mid-run to test resume
-    model.train()
-    for k in range(state.task, cfg.num_tasks):
-        rows = task_rows[k]
-        if k > 0 and len(state.transitions) < k:
-            state.transitions.append(state.global_step)
-        curve_at = set() if cfg.curve == "off" else set(metrics.eval_schedule(steps[k], cfg.curve == "dense"))
-        bar = tqdm(range(state.step, steps[k]), desc=f"task {k + 1}/{cfg.num_tasks}", disable=not cfg.progress)
+    torch.manual_seed(cfg.seed)  # parameter init (the only use of the global RNG)
+    model = getattr(unet, f"unet2d_{cfg.model}")(num_classes=cfg.num_tasks * cfg.classes_per_task).to(device)
+    learner = meta_baselines.make_learner(cfg.method, model, sched, cfg)
+    pool, teacher = replay.ReplayPool(), None
+    state = {"task": 0, "step": 0, "global_step": 0, "R": [], "curves": {}, "transitions": []}
+    if folder.checkpoint is not None:
+        ck = folder.checkpoint
+        model.load_state_dict(ck["model"])
+        learner.load_state_dict(ck["learner"])
+        pool.load_state_dict(ck["pool"])
+        if ck["teacher"] is not None:
+            teacher = replay.frozen_copy(model)
+            teacher.load_state_dict(ck["teacher"])
+            learner.replay_loss_fn.set_teacher(teacher)
+        state = ck["state"]
+        print(f"resuming {folder.out} at task {state['task'] + 1}, step {state['step']}")
+    folder.begin()
+    log, evaluator = folder.logger.log, Evaluator(cfg, extractor, heldout, sched, device)
+    print(f"{cfg.method}: unet2d_{cfg.model} {unet.count_parameters(model) / 1e6:.2f}M params, {cfg.dataset} "
+          f"{cfg.num_tasks} tasks x {cfg.classes_per_task} classes, steps/task {steps}, FID extractor "
+          f"{extractor.name}, device {device}")
+
+    def save():
+        experiment.check_parameters(model, f"task {state['task'] + 1} step {state['step']}")
+        folder.save({"config": asdict(cfg), "state": state, "model": model.state_dict(), "pool": pool.state_dict(),
+                     "learner": learner.state_dict(),
+                     "teacher": None if teacher is None else teacher.state_dict()})
+
+    def to_batch(rows: np.ndarray):  # (x0 (B, 3, 32, 32) in [-1, 1], labels (B,)) on the device
+        return to_float(train_set.images[rows], device), torch.from_numpy(train_set.labels[rows]).to(device)
+
+    def evaluate(j: int, n: int, stream: int) -> tuple:
+        """FID of task j on n samples; the sampler noise depends only on (j, stream): common random numbers."""
+        experiment.check_parameters(model, f"task {state['task'] + 1} step {state['step']}")
+        return evaluator.score(model, j, n, experiment.generator(cfg.seed, j, stream, device=device))
+
+    start = time.perf_counter()
+    while state["task"] < cfg.num_tasks:
+        k = state["task"]
+        rows, curve_at = task_rows[k], set(metrics.curve_points(cfg.curve, steps[k]))
+        model.train()
+        bar = tqdm(range(state["step"], steps[k]), desc=f"task {k + 1}/{cfg.num_tasks}", disable=not cfg.progress,
+                   initial=state["step"], total=steps[k])
         for s in bar:
-            r = batch_rows(cfg, k, s, rows)
-            batch = (to_float(train_set.images[r], device), torch.from_numpy(train_set.labels[r]).to(device))
-            replay_batch = None
-            if pool is not None and len(pool):
-                replay_batch = pool.sample(round(cfg.replay_ratio * cfg.batch_size), rng(cfg, k, s, SALT_REPLAY),
-                                           device=device)
-            logs = learner.step(batch, replay_batch, generator=rng(cfg, k, s, SALT_STEP, device))
-            state.global_step += 1
-            state.step = s + 1
-            bar.set_postfix(loss=f"{logs['loss']:.4f}")
-            if (s + 1) % cfg.log_every == 0:
-                logger.log({"kind": "train", "global_step": state.global_step, "task": k, "step": s + 1, **logs})
+            batch = to_batch(batch_rows(cfg, k, s, rows))
+            g = experiment.generator(cfg.seed, k, s, STREAM_TRAIN)
+            replay_batch = pool.sample(round(cfg.replay_ratio * cfg.batch_size), g, device) if len(pool) else None
+            log_now = (s + 1) % cfg.log_every == 0
+            logs = learner.step(batch, replay_batch, experiment.generator(cfg.seed, k, s, STREAM_NOISE, device=device),
+                                log_terms=log_now)
+            state["step"], state["global_step"], folder.step = s + 1, state["global_step"] + 1, s + 1
+            if log_now:
+                experiment.check_finite(f"task {k + 1} step {s + 1}", logs)
+                logs = {name: float(v) for name, v in logs.items()}  # one host sync per log_every steps
+                bar.set_postfix(loss=f"{logs['loss']:.4f}")
+                log({"kind": "train", "global_step": state["global_step"], "task": k, "step": s + 1, **logs})
             if s + 1 in curve_at:
-                res, _ = evaluator.score(model, 0, cfg.curve_samples, rng(cfg, 0, 0, SALT_CURVE, device))
-                state.curve.append((state.global_step, s + 1, k, res.value))
-                logger.log({"kind": "task1_curve", "global_step": state.global_step, "task": k, "step": s + 1,
-                            "fid_task1": res.value})
+                for j in range(k + 1) if cfg.curve_all_tasks else [0]:
+                    score = evaluate(j, cfg.curve_samples, STREAM_CURVE)[0].value
+                    state["curves"].setdefault(str(j), []).append((state["global_step"], s + 1, k, score))
+                    log({"kind": "curve", "global_step": state["global_step"], "task": k, "in_task_step": s + 1,
+                         "eval_task": j, "fid": score})
             if (s + 1) % cfg.checkpoint_every == 0 and s + 1 < steps[k]:
-                save_checkpoint(out, cfg, state, model, learner, pool, replay_loss)
-            if state.global_step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-        end_of_task(cfg, k, out, state, model, learner, pool, replay_loss, sched, train_set, rows, evaluator,
-                    device, logger.log)
-        write_summary(out, cfg, state, extractor, n_params)  # a partial run keeps a valid summary
-        save_checkpoint(out, cfg, state, model, learner, pool, replay_loss)
-    summary = write_summary(out, cfg, state, extractor, n_params)
+                save()
+        bar.close()
+        # task boundary, the same steps in every experiment: (1) evaluate every seen task (row k of R),
+        # (2) Fisher of task k, (3) teacher and replay pool; nothing is estimated after the last task
+        row, grid = [], []
+        for j in range(k + 1):
+            result, x = evaluate(j, cfg.fid_samples, STREAM_FID)
+            row.append(result.value)
+            grid.append(x[:min(cfg.classes_per_task, 10)])
+            print(f"after task {k + 1}: task {j + 1} {result.format()}", flush=True)
+        experiment.check_finite(f"task {k + 1} FID", dict(enumerate(row)))
+        state["R"].append(row + [None] * (cfg.num_tasks - k - 1))
+        save_grid(folder.path(f"samples_after_task{k + 1:02d}.png"), grid)
+        log({"kind": "eval", "global_step": state["global_step"], "task": k, "fid": row})
+        if k + 1 < cfg.num_tasks:
+            if meta_baselines.uses_fisher(cfg.method):
+                F = fisher.estimate_on_task(
+                    model, sched, lambda idx: to_batch(rows[idx.numpy()]), len(rows), cfg.fisher_samples,
+                    cfg.fisher_batch, experiment.generator(cfg.seed, k, STREAM_FISHER),
+                    experiment.generator(cfg.seed, k, STREAM_FISHER, 1, device=device), cfg.fisher, cfg.progress)
+                experiment.check_finite(f"task {k + 1} Fisher", F.scalars())
+                learner.add_fisher(F)
+                log({"kind": "fisher", "global_step": state["global_step"], "task": k, **F.scalars(),
+                     "diagnostics": F.diagnostics})
+            if meta_baselines.uses_replay(cfg.method):
+                teacher = replay.frozen_copy(model)
+                learner.replay_loss_fn.set_teacher(teacher)
+                g = experiment.generator(cfg.seed, k, STREAM_POOL, device=device)
+                for j in range(k + 1) if cfg.replay_rebuild else [k]:
+                    pool.build(teacher, sched, j, replay.label_source(cfg.classes_per_task), cfg.replay_per_task,
+                               (3, 32, 32), batch_size=cfg.sample_batch, steps=cfg.replay_ddim_steps, generator=g,
+                               device=device, progress=cfg.progress)
+                log({"kind": "replay", "global_step": state["global_step"], "task": k, "pool_size": len(pool)})
+            state["transitions"].append(state["global_step"])
+        state["task"], state["step"], folder.task, folder.step = k + 1, 0, k + 1, 0
+        save()
+        if state["task"] < cfg.num_tasks:
+            write_summary(cfg, folder, state, extractor)  # a run cut short keeps a valid summary
+    summary = write_summary(cfg, folder, state, extractor)
     forgetting = "n/a" if summary["forgetting"] is None else f"{summary['forgetting']:.2f}"
-    print(f"AFID {summary['average']:.2f}  forgetting {forgetting}  ({extractor.name})  -> {out / 'summary.json'}")
+    print(f"done in {time.perf_counter() - start:.0f}s (this process): AFID {summary['average']:.2f}, forgetting "
+          f"{forgetting} ({extractor.name}) -> {folder.out}")
     return summary
 
 
+def write_summary(cfg: Config, folder, state: dict, extractor) -> dict:
+    curves = {int(j): c for j, c in state["curves"].items()}
+    summary = metrics.build_summary(
+        cfg.method, cfg.seed, "imagenet", task_names(cfg), state["R"], False, curves.pop(0, []),
+        state["transitions"], metrics.FID_THRESHOLDS, task_curves=curves,
+        extra={"dataset": cfg.dataset, "extractor": extractor.name, "is_proxy": extractor.is_proxy,
+               "fid_samples": cfg.fid_samples, "heldout_samples": cfg.heldout_per_class * cfg.classes_per_task,
+               "curve_samples": cfg.curve_samples, "ddim_steps": cfg.ddim_steps, "fisher": cfg.fisher})
+    label = "FID-proxy" if extractor.is_proxy else "FID"
+    metrics.write_run_outputs(folder.out, summary, f"Task 1 {label} ({cfg.curve_samples} samples)",
+                              f"{cfg.dataset}: Task 1, {cfg.method}, seed {cfg.seed}")
+    return summary
+
 # ----------------------------------------------------------------------------------------------------------------
-# benchmark: training steps/s per method, DDIM sampling and FID feature extraction images/s
+# bench and entry point
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def bench(cfg: Config, methods: list[str], n_steps: int, fid_images: int = 1000) -> list[dict]:
-    """Time n_steps learner updates per method on random data of the configured model and batch sizes.
-
-    Replay methods get a random replay batch (replay_ratio x batch); ewc/tr carry one rank-1 Fisher (the
-    penalty's cost does not grow with its sample count). One warm-up step is not timed.
-    """
-    device = pick_device(cfg.device, cfg.threads)
-    sched = diffusion.Schedule()
-    n_classes = cfg.num_tasks * cfg.classes_per_task
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(cfg.batch_size, 3, 32, 32, generator=g).mul(2).sub(1).to(device)
-    y = torch.randint(n_classes, (cfg.batch_size,), generator=g).to(device)
-    n_rep = round(cfg.replay_ratio * cfg.batch_size)
-    xr = torch.rand(n_rep, 3, 32, 32, generator=g).mul(2).sub(1).to(device)
-    yr = torch.randint(n_classes, (n_rep,), generator=g).to(device)
-    results = []
-    for method in methods:
-        mcfg = dataclasses.replace(cfg, method=method)
-        validate_config(mcfg)
-        torch.manual_seed(0)
-        model = build_model(mcfg).to(device).train()
-        learner, pool, _ = make_learner(mcfg, model, sched)
-        if meta_baselines.uses_fisher(method):
-            fb = [diffusion.with_noise(sched, (x[:8], y[:8]), torch.Generator(device=device).manual_seed(1))]
-            learner.add_fisher(fisher.Rank1Fisher.estimate(model, diffusion.loss_fn(sched), fb))
-        replay_batch = (xr, yr) if pool is not None else None
-        for i in range(1 + n_steps):
-            if i == 1:
-                _sync(device)
-                t0 = time.perf_counter()
-            learner.step((x, y), replay_batch, generator=torch.Generator(device=device).manual_seed(i))
-        _sync(device)
-        rate = n_steps / (time.perf_counter() - t0)
-        results.append({"what": f"train {method}", "per_second": rate, "unit": "steps/s"})
-        print(f"bench train {method:8s} {rate:8.3f} steps/s  (UNet {cfg.model}, "
-              f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, batch {cfg.batch_size}"
-              f"{f' + replay {n_rep}' if replay_batch is not None else ''}, device {device})", flush=True)
-        del learner, model, pool
-    model = build_model(cfg).to(device).eval()
-    labels = torch.arange(cfg.sample_batch) % n_classes
-    generate(model, sched, labels, 1, torch.Generator(device=device).manual_seed(0), cfg.sample_batch, device)
-    _sync(device)
-    t0 = time.perf_counter()
-    generate(model, sched, labels, 5, torch.Generator(device=device).manual_seed(0), cfg.sample_batch, device)
-    _sync(device)
-    rate = cfg.sample_batch / ((time.perf_counter() - t0) / 5 * cfg.ddim_steps)
-    results.append({"what": f"DDIM-{cfg.ddim_steps} sampling", "per_second": rate, "unit": "images/s"})
-    print(f"bench DDIM-{cfg.ddim_steps} sampling {rate:8.1f} images/s (batch {cfg.sample_batch}, device {device})")
-    extractors = [fid.FeatureExtractor.load(cfg.inception_weights or None, device)]
-    if extractors[0].is_proxy:  # no weights file: time the Inception network anyway, with random weights
-        extractors.append(fid.FeatureExtractor(fid.FIDInceptionV3(), "inception-random-weights", 2048, device))
-    imgs = torch.randint(0, 256, (fid_images, 3, 32, 32), dtype=torch.uint8, generator=g)
-    for extractor in extractors:
-        extractor.features(imgs[:8], batch_size=8)  # warm-up
-        _sync(device)
+def bench(cfg: Config, extractor, device) -> None:
+    """DDIM sampling and FID feature extraction images/s, each on one batch of sample_batch images."""
+    model = getattr(unet, f"unet2d_{cfg.model}")(num_classes=cfg.num_tasks * cfg.classes_per_task).to(device)
+    labels, sched = torch.arange(cfg.sample_batch) % (cfg.num_tasks * cfg.classes_per_task), diffusion.Schedule()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for reps in (1, 3):  # the first call warms up
+        sync()
         t0 = time.perf_counter()
-        extractor.features(imgs, batch_size=cfg.sample_batch)
-        _sync(device)
-        rate = len(imgs) / (time.perf_counter() - t0)
-        results.append({"what": f"FID features ({extractor.name})", "per_second": rate, "unit": "images/s"})
-        print(f"bench FID features ({extractor.name}, {extractor.dim}-d) {rate:8.1f} images/s "
-              f"(batch {cfg.sample_batch}, device {device})", flush=True)
-    return results
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# entry point
-
-
-def fail(message: str):
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+        generate(model, sched, labels, cfg.ddim_steps, torch.Generator(device).manual_seed(0), cfg.sample_batch,
+                 device)
+        sync()
+    print(f"DDIM-{cfg.ddim_steps} sampling, unet2d_{cfg.model}, batch {cfg.sample_batch}, {device}: "
+          f"{cfg.sample_batch / (time.perf_counter() - t0):.1f} images/s")
+    extractors = [extractor] + ([fid.FeatureExtractor(fid.FIDInceptionV3(), "inception-random-weights", 2048, device)]
+                                if extractor.is_proxy else [])  # no weights file: time Inception's cost anyway
+    images = torch.randint(0, 256, (cfg.sample_batch, 3, 32, 32), dtype=torch.uint8)
+    for ext in extractors:
+        ext.features(images[:8], batch_size=8)
+        sync()
+        t0 = time.perf_counter()
+        ext.features(images, batch_size=cfg.sample_batch)
+        sync()
+        print(f"FID features ({ext.name}, {ext.dim}-d), batch {cfg.sample_batch}, {device}: "
+              f"{cfg.sample_batch / (time.perf_counter() - t0):.1f} images/s")
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    cfg = resolve_config(args)
-    try:
-        validate_config(cfg)
-        if args.bench:
-            bench(cfg, [m for m in args.bench_methods.split(",") if m], args.bench_steps, args.bench_fid_images)
-            return
-        out = Path(args.out) if args.out else default_out(cfg)
-        resume = None
-        if (out / "checkpoint.pt").is_file():
-            resume = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
-            stored = Config(**resume["config"])
-            cfg = dataclasses.replace(stored, **{f: getattr(cfg, f) for f in RUNTIME_FIELDS})
-            # the checkpoint's config wins on resume; only RUNTIME_FIELDS come from this command line
-        out.mkdir(parents=True, exist_ok=True)
-        metrics.atomic_write_json(out / "config.json", dataclasses.asdict(cfg))
-        train(cfg, out, resume)
-    except ValueError as e:
-        fail(str(e))
+    cfg, args = experiment.parse_config(Config, PRESETS, argv, __doc__.split("\n\n")[0], CHOICES, extra=[
+        ("--bench", dict(action="store_true", help="time DDIM sampling and FID feature extraction, then exit"))])
+    validate(cfg)
+    device = experiment.setup_torch(cfg.device, cfg.threads)
+    extractor = fid.FeatureExtractor.load(cfg.inception_weights or None, device, force_proxy=cfg.fid_proxy)
+    if args.bench:
+        return bench(cfg, extractor, device)
+    check_fid_sample_counts(cfg, extractor)
+    out = args.out or experiment.default_out("imagenet", args.preset, cfg)
+    with experiment.track(experiment.RunFolder(out, cfg, RUNTIME_FIELDS)) as folder:
+        train(cfg, folder, load_data(cfg), extractor, device)
 
 
 if __name__ == "__main__":
-    main()
+    experiment.run(main)

@@ -1,0 +1,291 @@
+"""The scaffold the experiment scripts share: flags from a Config dataclass, the device, seeds, the run folder
+(lock, configuration check, resume), the non-finite guard and the one-line endings. No math lives here.
+
+Why a module of its own: train_cw10.py, train_imagenet.py and train_toy.py must do these jobs the same way.
+Written in each script, the copies drifted apart (different boolean flags, seeds, devices, resume rules).
+
+    flags      one --flag per Config field; its help is the field's trailing comment in the dataclass, shown
+               with its default once; booleans are --x / --no-x; values: defaults <- --preset <- explicit flags.
+    device     auto (cuda if available) | cpu | cuda[:i]; TF32 matmuls on CUDA (reference notes §9).
+    seeds      generator(seed, *keys) seeds a torch.Generator from numpy's SeedSequence([seed, *keys]). Every
+               random draw of a run comes from a generator keyed by (task, step, stream), so a run resumed
+               from a checkpoint draws exactly what the uninterrupted run drew.
+    run folder RunFolder(out, cfg): checks the path before anything is written, takes an exclusive lock (a
+               second run on the folder stops, naming the process that holds it), refuses a folder that holds
+               a run with another configuration (naming the fields), and loads the last checkpoint: rerunning
+               the same command resumes. config.json is written by `begin()`, once the data are ready; a run
+               that fails before that leaves the folder as it found it.
+    endings    run(main): bad input -> "error: <one line>", exit 2; divergence (a non-finite loss, gradient
+               norm, parameter or Fisher scalar) -> one line naming task and step, exit 2, the last good
+               checkpoint kept and no summary written; Ctrl-C -> "interrupted at task k, step s; rerun the same
+               command to resume", exit 130.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import inspect
+import json
+import math
+import os
+import re
+import sys
+import typing
+
+import numpy as np
+import torch
+
+import metrics
+
+# ----------------------------------------------------------------------------------------------------------------
+# flags from the Config dataclass
+
+
+def field_help(cls) -> dict[str, str]:
+    """{field: its trailing comment} read from the dataclass source (a comment line below a field continues it)."""
+    helps, last = {}, None
+    for line in inspect.getsource(cls).splitlines():
+        field = re.match(r"\s+(\w+)\s*:[^=#]+=[^#]*#\s*(.*)$", line)
+        if field:
+            last = field[1]
+            helps[last] = field[2].strip()
+        elif last and re.match(r"\s+#\s", line):
+            helps[last] += " " + line.strip()[1:].strip()
+        else:
+            last = None
+    return helps
+
+
+def build_parser(cls, presets: dict, description: str, choices: dict | None = None, extra=()):
+    """--preset, --out, the script's `extra` flags [(flag, argparse kwargs)], and one flag per field of `cls`
+    (default None: "not given", so that presets apply)."""
+    overrides = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+                          for name, values in presets.items() if values)
+    p = metrics.Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog=f"presets override the defaults: {overrides}")
+    p.add_argument("--preset", choices=list(presets), default="paper", help="named overrides (default: paper)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<experiment>-<preset>-<method>-s<seed>); "
+                                               "rerun the same command to resume")
+    for flag, kwargs in extra:
+        p.add_argument(flag, **kwargs)
+    hints, helps, choices = typing.get_type_hints(cls), field_help(cls), choices or {}
+    for f in dataclasses.fields(cls):
+        flag, text = "--" + f.name.replace("_", "-"), f"{helps.get(f.name, '')} (default: {f.default})"
+        if hints[f.name] is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            p.add_argument(flag, dest=f.name, type=hints[f.name], default=None, choices=choices.get(f.name),
+                           metavar=f.name.upper() if f.name not in choices else None, help=text)
+    return p
+
+
+def parse_config(cls, presets: dict, argv, description: str, choices: dict | None = None, extra=()):
+    """(cfg, args): defaults <- preset <- explicit flags."""
+    args = build_parser(cls, presets, description, choices, extra).parse_args(argv)
+    values = dict(presets[args.preset])
+    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None})
+    return cls(**values), args
+
+
+def require(condition: bool, message: str) -> None:
+    """Validation helper: ValueError(message) unless condition."""
+    if not condition:
+        raise ValueError(message)
+
+
+def validate_common(cfg, positive=(), non_negative=()) -> None:
+    """Checks every Config shares: seeds in range, every float finite, the named fields > 0 or >= 0."""
+    require(0 <= cfg.seed < 2 ** 32, f"--seed must be in 0..2^32-1, got {cfg.seed}")
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        require(not isinstance(value, float) or math.isfinite(value), f"--{f.name.replace('_', '-')} must be "
+                                                                      f"finite, got {value}")
+    for name in positive:
+        require(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+    for name in non_negative:
+        require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    require(cfg.device == "auto" or cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", cfg.device) is not None,
+            f"--device must be auto, cpu or cuda[:i], got {cfg.device!r}")
+    require(not cfg.device.startswith("cuda") or torch.cuda.is_available(),
+            f"--device {cfg.device} but CUDA is not available")
+
+
+def check_writable(path: str, what: str) -> None:
+    """ValueError unless `path` is, or can be created as, a writable folder (nothing is created here)."""
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    require(os.path.isdir(parent) and os.access(parent, os.W_OK),
+            f"cannot write {what} {path}: {parent} is not a writable folder")
+
+# ----------------------------------------------------------------------------------------------------------------
+# device and seeds
+
+
+def setup_torch(device: str, threads: int = 0) -> torch.device:
+    """The one device choice: auto -> cuda if available, else cpu. threads > 0 sets torch's CPU threads."""
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 storage, TF32 matmuls (reference notes §9)
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.device(device)
+
+
+def generator(seed: int, *keys: int, device="cpu") -> torch.Generator:
+    """The generator of draw `keys` (e.g. task, step, stream) of run `seed`; independent streams for any keys."""
+    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
+
+# ----------------------------------------------------------------------------------------------------------------
+# the non-finite guard
+
+
+class Diverged(Exception):
+    """A non-finite value in training; main prints its one line and exits with code 2."""
+
+
+def check_finite(where: str, values: dict) -> None:
+    """Raise Diverged naming `where` and the first non-finite entry of {name: 0-d tensor or float} (one sync)."""
+    if not values:
+        return
+    flat = torch.stack([torch.as_tensor(v, dtype=torch.float64).to("cpu") for v in values.values()])
+    if not torch.isfinite(flat).all():
+        bad = [k for k, v in zip(values, flat.tolist()) if not math.isfinite(v)]
+        raise Diverged(f"{where}: non-finite {bad[0]} ({values[bad[0]]}); stopped, the last checkpoint is kept")
+
+
+def check_parameters(model: torch.nn.Module, where: str) -> None:
+    """Raise Diverged if any parameter is NaN or inf (called before every checkpoint and evaluation)."""
+    if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():
+        raise Diverged(f"{where}: non-finite parameters; stopped, the last checkpoint is kept")
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run folder
+
+
+def default_out(experiment: str, preset: str, cfg) -> str:
+    """runs/<experiment>-<preset>-<method>-s<seed>: the same command always names the same folder (resume)."""
+    return os.path.join("runs", f"{experiment}-{preset}-{cfg.method}-s{cfg.seed}")
+
+
+class RunFolder:
+    """One run's folder: config.json, checkpoint.pt, metrics.jsonl, summary.json and pictures.
+
+    with RunFolder(out, cfg, runtime_fields) as folder:   # checks, lock, config check, checkpoint (or None)
+        ... prepare data ...
+        folder.begin()                                   # writes config.json, opens metrics.jsonl
+        ... train, folder.save(...), folder.logger.log(...) ...
+    `runtime_fields` do not change the numbers a run produces (device, threads, progress, ...): they may differ
+    when a run is resumed. `task` and `step` say where the run is (for the interrupt line).
+    """
+
+    def __init__(self, out: str, cfg, runtime_fields=()):
+        self.out, self.cfg, self.runtime_fields = out, cfg, tuple(runtime_fields)
+        self.task = self.step = 0
+        self.checkpoint, self.logger, self._lock, self._created = None, None, None, []
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.out, name)
+
+    def __enter__(self) -> "RunFolder":
+        try:
+            self._open()
+        except BaseException:
+            self.__exit__()  # Python does not call __exit__ when __enter__ raises
+            raise
+        return self
+
+    def _open(self) -> None:
+        check_writable(self.out, "the run folder")
+        if not os.path.isdir(self.out):
+            os.makedirs(self.out)
+            self._created.append(self.out)
+        lock_path = self.path(".lock")
+        if not os.path.exists(lock_path):
+            self._created.append(lock_path)
+        self._lock = open(lock_path, "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "another process"
+            self._lock.close()
+            raise ValueError(f"{self.out} is in use by process {holder} (one run per folder)") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+        self._check_config()
+        if os.path.exists(self.path("checkpoint.pt")):
+            try:
+                self.checkpoint = torch.load(self.path("checkpoint.pt"), map_location="cpu", weights_only=False)
+            except Exception as e:  # truncated or foreign file: pickle, zip and torch errors of every kind
+                raise ValueError(f"{self.path('checkpoint.pt')} is unreadable ({type(e).__name__}); "
+                                 f"use another --out") from None
+            self.task, self.step = self.checkpoint["state"]["task"], self.checkpoint["state"]["step"]
+
+    def _check_config(self) -> None:
+        path = self.path("config.json")
+        if not os.path.exists(path):
+            return
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            raise ValueError(f"{path} is unreadable; use another --out") from None
+        mine = dataclasses.asdict(self.cfg)
+        diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in mine.items()
+                if k not in self.runtime_fields and old.get(k) != v]
+        require(not diff, f"{self.out} holds a run with another configuration ({'; '.join(diff)}); "
+                          f"use another --out")
+
+    def begin(self) -> None:
+        """The run starts: config.json (the checkpoint's config wins on resume) and metrics.jsonl."""
+        metrics.atomic_write_json(self.path("config.json"), dataclasses.asdict(self.cfg))
+        self.logger = metrics.JsonlLogger(self.path("metrics.jsonl"))
+        if self.checkpoint is not None:
+            self.logger.truncate_after(self.checkpoint["state"]["global_step"])
+        self._created = []
+
+    def save(self, checkpoint: dict) -> None:
+        metrics.atomic_torch_save(checkpoint, self.path("checkpoint.pt"))
+
+    def __exit__(self, *exc) -> None:
+        """Release the lock; a run that never began leaves the folder as it found it."""
+        for path in reversed(self._created):
+            if os.path.isdir(path):
+                if not os.listdir(path):
+                    os.rmdir(path)
+            elif os.path.exists(path):
+                os.remove(path)
+        if self._lock is not None and not self._lock.closed:
+            self._lock.close()
+
+# ----------------------------------------------------------------------------------------------------------------
+# endings
+
+
+_FOLDER: RunFolder | None = None  # the folder of the running experiment, for the interrupt line
+
+
+def track(folder: RunFolder) -> RunFolder:
+    global _FOLDER
+    _FOLDER = folder
+    return folder
+
+
+def run(main, argv=None) -> None:
+    """Call main(argv); turn bad input, divergence and Ctrl-C into one line and an exit code (2, 2, 130)."""
+    try:
+        main(argv)
+    except (ValueError, Diverged) as e:
+        sys.stderr.write(f"error: {e}\n")
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        where = "" if _FOLDER is None else f" at task {_FOLDER.task + 1}, step {_FOLDER.step}"
+        sys.stderr.write(f"\ninterrupted{where}; rerun the same command to resume\n")
+        raise SystemExit(130)

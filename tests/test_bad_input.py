@@ -1,0 +1,269 @@
+"""Bad input across the four command lines (train_cw10.py, train_imagenet.py, fid.py, metrics.py): every case ends
+with exit code 2 and ONE line on stderr naming the problem, and leaves the output folder as it was. The divergence
+cases (--lr 1e6) must stop within seconds, keep the last good checkpoint and write no summary."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import experiment
+import fid
+import metrics
+import train_cw10 as cw
+import train_imagenet as ti
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CW = ["--preset", "smoke", "--threads", "1"]
+IM = ["--preset", "smoke"]
+
+
+@pytest.fixture(scope="module")
+def cw_data(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("cw10_data"))
+    cw.ensure_demos(dataclasses.replace(cw.Config(**cw.PRESETS["smoke"]), data_dir=d), ["hammer", "push-wall"])
+    return d
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def listing(path):
+    """Every file under `path` with its size and mtime (None if `path` does not exist)."""
+    if not os.path.exists(path):
+        return None
+    return sorted((os.path.relpath(os.path.join(d, f), path), os.path.getsize(os.path.join(d, f)),
+                   os.path.getmtime(os.path.join(d, f))) for d, _, fs in os.walk(path) for f in fs)
+
+
+def fails(main, argv, message, capsys, out):
+    """Run a CLI's main in-process: exit 2, one stderr line containing `message`, `out` unchanged."""
+    before = listing(out)
+    with pytest.raises(SystemExit) as e:
+        experiment.run(main, argv) if main in (cw.main, ti.main) else main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert err.startswith("error:") and err.count("\n") == 1 and message in err, err
+    assert listing(out) == before
+    return err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# train_cw10.py
+
+CW_CASES = [
+    (["--method", "sgd"], "invalid choice"),
+    (["--tasks", "hammer,fly"], "unknown task"),
+    (["--tasks", "hammer,hammer"], "distinct tasks"),
+    (["--horizon", "6"], "multiple of 4"),
+    (["--obs-horizon", "6", "--action-chunk", "4"], "O + A"),
+    (["--obs-horizon", "0"], ">= 1"),
+    (["--method", "ftml", "--batch-size", "7"], "support and query"),
+    (["--lam", "-1"], "--lam must be >= 0"),
+    (["--lr", "nan"], "--lr must be finite"),
+    (["--lam", "inf"], "--lam must be finite"),
+    (["--seed", "-1"], "--seed must be in"),
+    (["--batch-size", "0"], "--batch-size must be > 0"),
+    (["--curve", "0,5"], "--curve must be"),
+    (["--demo-keep", "maybe"], "invalid choice"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
+    (["--grid", "8,6"], "--grid expects"),
+    (["--steps-per-task", "x"], "invalid int value"),
+]
+
+
+@pytest.mark.parametrize("flags,message", CW_CASES)
+def test_cw10_flags(flags, message, tmp_path, capsys, cw_data):
+    fails(cw.main, CW + ["--out", str(tmp_path / "run"), "--data-dir", cw_data] + flags, message, capsys,
+          str(tmp_path / "run"))
+
+
+def test_cw10_paths(tmp_path, capsys, cw_data):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    fails(cw.main, CW + ["--out", str(blocker / "run"), "--data-dir", cw_data], "cannot write the run folder",
+          capsys, str(blocker))
+    fails(cw.main, CW + ["--out", str(tmp_path / "run"), "--data-dir", str(blocker / "d")],
+          "cannot write the demo cache", capsys, str(tmp_path / "run"))
+    bad = tmp_path / "bad_data"
+    bad.mkdir()
+    cfg = dataclasses.replace(cw.Config(**cw.PRESETS["smoke"]), data_dir=str(bad))
+    for task in cw.task_list(cfg):
+        (bad / os.path.basename(cw.demo_path(cfg, task))).write_bytes(b"not a zip file")
+    fails(cw.main, CW + ["--out", str(tmp_path / "run"), "--data-dir", str(bad)], "corrupt demo cache", capsys,
+          str(tmp_path / "run"))
+
+
+def test_cw10_folder_with_another_config(tmp_path, capsys, cw_data):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cw.Config(**cw.PRESETS["smoke"]))))
+    fails(cw.main, CW + ["--out", str(out), "--data-dir", cw_data, "--lam", "3"], "lam 12.0 -> 3.0", capsys, str(out))
+
+
+def test_cw10_folder_in_use(tmp_path, capsys, cw_data):
+    """A second run on a folder that a live process holds stops at once, naming that process."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, experiment, train_cw10 as cw\n"
+                               "f = experiment.RunFolder(sys.argv[1], cw.Config()).__enter__()\n"
+                               "print('locked', flush=True); time.sleep(60)", str(out)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        fails(cw.main, CW + ["--out", str(out), "--data-dir", cw_data], f"in use by process {holder.pid}", capsys,
+              str(out))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_cw10_divergence_stops_in_seconds(tmp_path, cw_data):
+    """--lr 1e6: one line naming task and step, exit 2, no summary, the kept checkpoint is finite, no MuJoCo log."""
+    out = tmp_path / "run"
+    start = time.time()
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_cw10.py"), *CW, "--lr", "1e6", "--out", str(out),
+                           "--data-dir", cw_data], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 2 and time.time() - start < 60
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: task 1 step") and "non-finite" in err[0], proc.stderr
+    assert not (out / "summary.json").exists() and not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    if (out / "checkpoint.pt").exists():
+        ck = torch.load(out / "checkpoint.pt", weights_only=False)
+        assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# train_imagenet.py
+
+IM_CASES = [
+    (["--method", "maml"], "invalid choice"),
+    (["--method", "ftml", "--batch-size", "7"], "support and query"),
+    (["--replay-ratio", "-1"], "--replay-ratio must be >= 0"),
+    (["--num-tasks", "0"], "--num-tasks must be > 0"),
+    (["--num-tasks", "2", "--classes-per-task", "300"], "<= 500"),
+    (["--epochs-per-task", "0"], "--epochs-per-task must be > 0"),
+    (["--lr", "inf"], "--lr must be finite"),
+    (["--seed", "-3"], "--seed must be in"),
+    (["--curve", "often"], "--curve must be"),
+    (["--inception-weights", "/nonexistent/w.pth"], "no such file"),
+    (["--no-allow-rank-deficient-fid"], "not above the 256-d"),
+    (["--dataset", "imagenet32", "--data-dir", "/nonexistent"], "Imagenet32_train_npz"),
+]
+
+
+@pytest.mark.parametrize("flags,message", IM_CASES)
+def test_imagenet_flags(flags, message, tmp_path, capsys):
+    fails(ti.main, IM + ["--out", str(tmp_path / "run")] + flags, message, capsys, str(tmp_path / "run"))
+
+
+def test_imagenet_paths(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    fails(ti.main, IM + ["--out", str(blocker / "run")], "cannot write the run folder", capsys, str(blocker))
+    data = tmp_path / "data"
+    for f in ti.IMAGENET32_TRAIN + ti.IMAGENET32_VAL:
+        (data / f).parent.mkdir(parents=True, exist_ok=True)
+        (data / f).write_bytes(b"garbage")
+    fails(ti.main, IM + ["--out", str(tmp_path / "run"), "--dataset", "imagenet32", "--data-dir", str(data)],
+          "not a readable npz file", capsys, str(tmp_path / "run"))
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"not torch")
+    fails(ti.main, IM + ["--out", str(tmp_path / "run"), "--no-fid-proxy", "--inception-weights", str(weights)],
+          "not a readable torch weights file", capsys, str(tmp_path / "run"))
+
+
+def test_imagenet_divergence_stops_in_seconds(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_imagenet.py"), *IM, "--lr", "1e6", "--out",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "non-finite" in err[0], proc.stderr
+    assert err[0].startswith("error: task 1")
+    assert not (out / "summary.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fid.py
+
+
+def _images(folder, n=3, size=8):
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((size, size, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_fid_cli(tmp_path, capsys):
+    a = _images(tmp_path / "a")
+    b = _images(tmp_path / "b")
+    (b / "9.png").write_bytes(b"not a png")
+    fails(fid.main, [str(a), str(b)], "cannot decode image", capsys, str(b))
+    fails(fid.main, [str(a), str(tmp_path / "nope")], "not a folder of images", capsys, str(tmp_path / "nope"))
+    fails(fid.main, [str(a), str(a), "--batch-size", "0"], "--batch-size", capsys, str(a))
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"\x80junk")
+    fails(fid.main, [str(a), str(a), "--inception-weights", str(weights)], "not a readable torch weights file",
+          capsys, str(a))
+    fails(fid.main, [str(a), "--save-stats", str(tmp_path / "no" / "dir" / "s.npz")], "cannot write --save-stats",
+          capsys, str(tmp_path / "no"))
+    nan = tmp_path / "nan.npz"
+    np.savez(nan, mu=np.full(4, np.nan), sigma=np.eye(4))
+    ok = tmp_path / "ok.npz"
+    np.savez(ok, mu=np.zeros(4), sigma=np.eye(4))
+    start = time.time()
+    fails(fid.main, [str(nan), str(ok)], "not finite", capsys, str(ok))  # used to hang in sqrtm
+    assert time.time() - start < 10
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
+    fails(fid.main, [str(tmp_path / "bad.npz"), str(ok)], "not a readable .npz", capsys, str(ok))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# metrics.py aggregate
+
+
+def _summary(run_dir, **changes):
+    s = metrics.build_summary("tr", 0, "cw10", ["a", "b"], [[0.9, None], [0.8, 0.7]], True, [], [10],
+                              metrics.SUCCESS_THRESHOLDS)
+    s.update(changes)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(s, f)
+    return run_dir
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(seed="zero"), "wrong type"),
+    (dict(R=[[0.9, None], [0.8]]), "R must be 2 rows of 2"),
+    (dict(R=[[0.9, None], [0.8, "x"]]), "non-numeric score"),
+    (dict(average=None), "average is not a number"),
+    (dict(task1_curve=[[1, 2, 3]]), "task1_curve"),
+])
+def test_aggregate_names_the_bad_file(changes, message, tmp_path, capsys):
+    good = _summary(str(tmp_path / "good"))
+    bad = _summary(str(tmp_path / "bad"), seed=1, **changes) if "seed" not in changes else _summary(
+        str(tmp_path / "bad"), **changes)
+    out = str(tmp_path / "agg")
+    err = fails(metrics.main, ["aggregate", good, bad, "--out", out], message, capsys, out)
+    assert os.path.join(bad, "summary.json") in err
+
+
+def test_aggregate_truncated_and_missing(tmp_path, capsys):
+    good = _summary(str(tmp_path / "good"))
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "summary.json").write_text('{"method": "tr", "seed"')
+    out = str(tmp_path / "agg")
+    fails(metrics.main, ["aggregate", good, str(cut), "--out", out], f"{cut}/summary.json is not readable JSON",
+          capsys, out)
+    fails(metrics.main, ["aggregate", good, str(tmp_path / "none"), "--out", out], "missing", capsys, out)
