@@ -348,14 +348,15 @@ def toy_problems(seed: int = 0) -> dict:
     - mlp-one-input: tanh MLP, one input: F = J J^T exactly rank-1, loss not quadratic.
     - mlp-many-inputs: the same MLP, 16 inputs: F has rank 16, its rank-1 part is a poor fit.
     Production (F^ = Rank1Fisher.estimate, (C) = TrustRegionLearner.term_C; tr, te, rep drawn separately):
-    - mlp-regression: tanh MLP fit by L-BFGS to 2048 noisy samples of a teacher MLP (x near one point);
+    - mlp-regression: tanh MLP fit by L-BFGS to 1024 noisy samples of a teacher MLP (x near one point);
       Fisher samples y ~ N(f_theta*(x), 1) (the model's own likelihood); replay y = f_theta*(x) (distillation).
     - denoiser: class-conditional toy denoiser (3 classes in 2-D) trained with Adam on the Eq. (3) loss; the
       Fisher on its training data; replay = its own DDIM samples with replay.distillation_loss, as in training.
     """
-    import replay
+    import replay                                # only the toys need these
     from diffusion import Schedule, batch_loss, ddim_sample, with_noise
     g, dt, toys = torch.Generator().manual_seed(seed), torch.float64, {}
+    # idealised
     v = torch.randn(6, generator=g, dtype=dt)
     widths = [3, 8, 8, 1]
     th = torch.randn(sum(a * b + b for a, b in zip(widths[:-1], widths[1:])), generator=g, dtype=dt) * 0.7
@@ -372,6 +373,7 @@ def toy_problems(seed: int = 0) -> dict:
         F = Rank1Fisher(mu, 1.0, float(mu @ theta_star))
         toys[name] = _toy(_FlatModel(fn, theta_star), _half_sq, _half_sq, dict(tr=batch, te=batch, rep=batch),
                           F, J.T @ J / x.shape[0], "idealised", g)
+    # production: regression, then the denoiser (module initialisation from `seed`, global RNG untouched)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         net = lambda: torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8),
