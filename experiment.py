@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 import metrics
+import replay
 
 # ----------------------------------------------------------------------------------------------------------------
 # flags from the Config dataclass
@@ -264,6 +265,46 @@ class RunFolder:
                 os.remove(path)
         if self._lock is not None and not self._lock.closed:
             self._lock.close()
+
+# ----------------------------------------------------------------------------------------------------------------
+# steps every continual loop takes the same way
+
+
+def checkpoint(cfg, state: dict, model, learner, pool, teacher) -> dict:
+    """Everything a resumed run needs: config, loop state (task, step, R, curves, ...), weights, learner (optimizer,
+    Fishers), replay pool and teacher (None before the first boundary or for methods without replay)."""
+    return {"config": dataclasses.asdict(cfg), "state": state, "model": model.state_dict(),
+            "learner": learner.state_dict(), "pool": pool.state_dict(),
+            "teacher": None if teacher is None else teacher.state_dict()}
+
+
+def restore(ck: dict, model, learner, pool):
+    """Load a `checkpoint` into a freshly built model, learner and pool; returns (state, teacher or None)."""
+    model.load_state_dict(ck["model"])
+    learner.load_state_dict(ck["learner"])
+    pool.load_state_dict(ck["pool"])
+    teacher = None
+    if ck["teacher"] is not None:
+        teacher = replay.frozen_copy(model)
+        teacher.load_state_dict(ck["teacher"])
+        learner.replay_loss_fn.set_teacher(teacher)
+    return ck["state"], teacher
+
+
+def log_train(log, bar, logs: dict, task: int, step: int, global_step: int) -> None:
+    """Every log_every steps: the one host sync (check the step's 0-d tensors are finite, read them), the loss in
+    the progress bar, a "train" record in metrics.jsonl."""
+    check_finite(f"task {task + 1} step {step}", logs)
+    logs = {name: float(v) for name, v in logs.items()}
+    bar.set_postfix(loss=f"{logs['loss']:.4f}")
+    log({"kind": "train", "global_step": global_step, "task": task, "step": step, **logs})
+
+
+def add_fisher(learner, F, log, task: int, global_step: int) -> None:
+    """A task boundary's Fisher step after the estimate: check its scalars, hand it to the learner, log them."""
+    check_finite(f"task {task + 1} Fisher", F.scalars())
+    learner.add_fisher(F)
+    log({"kind": "fisher", "global_step": global_step, "task": task, **F.scalars(), "diagnostics": F.diagnostics})
 
 # ----------------------------------------------------------------------------------------------------------------
 # endings

@@ -62,7 +62,6 @@ Deviations from the paper / from pytorch-fid
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys

@@ -13,8 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
+import cw10_data
 import experiment
 import fid
+import image_data
 import metrics
 import train_cw10 as cw
 import train_imagenet as ti
@@ -27,7 +29,7 @@ IM = ["--preset", "smoke"]
 @pytest.fixture(scope="module")
 def cw_data(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("cw10_data"))
-    cw.ensure_demos(dataclasses.replace(cw.Config(**cw.PRESETS["smoke"]), data_dir=d), ["hammer", "push-wall"])
+    cw10_data.ensure_demos(dataclasses.replace(cw.Config(**cw.PRESETS["smoke"]), data_dir=d), ["hammer", "push-wall"])
     return d
 
 
@@ -77,7 +79,7 @@ CW_CASES = [
     (["--curve", "0,5"], "--curve must be"),
     (["--demo-keep", "maybe"], "invalid choice"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
-    (["--grid", "8,6"], "--grid expects"),
+    (["--grid", "S8_O6"], "--grid takes 'paper' or names"),
     (["--steps-per-task", "x"], "invalid int value"),
 ]
 
@@ -99,7 +101,7 @@ def test_cw10_paths(tmp_path, capsys, cw_data):
     bad.mkdir()
     cfg = dataclasses.replace(cw.Config(**cw.PRESETS["smoke"]), data_dir=str(bad))
     for task in cw.task_list(cfg):
-        (bad / os.path.basename(cw.demo_path(cfg, task))).write_bytes(b"not a zip file")
+        (bad / os.path.basename(cw10_data.demo_path(cfg, task))).write_bytes(b"not a zip file")
     fails(cw.main, CW + ["--out", str(tmp_path / "run"), "--data-dir", str(bad)], "corrupt demo cache", capsys,
           str(tmp_path / "run"))
 
@@ -172,7 +174,7 @@ def test_imagenet_paths(tmp_path, capsys):
     blocker.write_text("x")
     fails(ti.main, IM + ["--out", str(blocker / "run")], "cannot write the run folder", capsys, str(blocker))
     data = tmp_path / "data"
-    for f in ti.IMAGENET32_TRAIN + ti.IMAGENET32_VAL:
+    for f in image_data.IMAGENET32_TRAIN + image_data.IMAGENET32_VAL:
         (data / f).parent.mkdir(parents=True, exist_ok=True)
         (data / f).write_bytes(b"garbage")
     fails(ti.main, IM + ["--out", str(tmp_path / "run"), "--dataset", "imagenet32", "--data-dir", str(data)],

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import cw10_data
 import train_cw10 as cw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +24,7 @@ def data_dir(tmp_path_factory):
     """Smoke demos collected once for the module (2 tasks x 3 short episodes, serial)."""
     d = str(tmp_path_factory.mktemp("cw10_data"))
     cfg = dataclasses.replace(cw.Config(**cw.PRESETS["smoke"]), data_dir=d)
-    cw.ensure_demos(cfg, cw.task_list(cfg))
+    cw10_data.ensure_demos(cfg, cw.task_list(cfg))
     return d
 
 
@@ -65,7 +66,7 @@ def test_windows_match_plain_loop(S, O, A):
     N, T = 2, 11
     obs = torch.arange(N * T * 3, dtype=torch.float32).reshape(N, T, 3)
     act = -torch.arange(N * T * 2, dtype=torch.float32).reshape(N, T, 2)
-    data = cw.WindowDataset(obs, act, S, O, A)
+    data = cw10_data.WindowDataset(obs, act, S, O, A)
     assert len(data) == N * (T - S + A + O - 1)
     expected_x, expected_c = [], []
     for e in range(N):
@@ -81,12 +82,12 @@ def test_windows_match_plain_loop(S, O, A):
 
 
 def test_obs_bounds_fixed_and_task_independent(data_dir):
-    lo1, hi1 = cw.obs_bounds(cw.make_env("hammer", 50))
-    lo2, hi2 = cw.obs_bounds(cw.make_env("push-wall", 50))
+    lo1, hi1 = cw10_data.obs_bounds(cw10_data.make_env("hammer", 50))
+    lo2, hi2 = cw10_data.obs_bounds(cw10_data.make_env("push-wall", 50))
     assert lo1.shape == (39,) and np.all(np.isfinite(lo1)) and np.all(hi1 > lo1)
     assert np.array_equal(lo1, lo2) and np.array_equal(hi1, hi2)  # no task-specific (let alone later-task) data
-    obs = cw.load_demos(smoke_cfg(data_dir), "push-wall")["obs"]  # one object: obs[11:18] is zero padding
-    z = cw.normalise_obs(obs, lo1, hi1)
+    obs = cw10_data.load_demos(smoke_cfg(data_dir), "push-wall")["obs"]  # one object: obs[11:18] is zero padding
+    z = cw10_data.normalise_obs(obs, lo1, hi1)
     assert np.abs(z).max() <= 1.0 + 1e-6  # the workspace bounds cover the visited states up to a small margin
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -95,13 +96,13 @@ def test_obs_bounds_fixed_and_task_independent(data_dir):
 
 def test_demo_cache_is_reused_and_deterministic(data_dir):
     cfg = smoke_cfg(data_dir)
-    path = cw.demo_path(cfg, "hammer")
+    path = cw10_data.demo_path(cfg, "hammer")
     mtime = os.path.getmtime(path)
-    cw.ensure_demos(cfg, ["hammer"])
+    cw10_data.ensure_demos(cfg, ["hammer"])
     assert os.path.getmtime(path) == mtime  # second run reuses the cache
-    d = cw.load_demos(cfg, "hammer")
+    d = cw10_data.load_demos(cfg, "hammer")
     assert d["seeds"].shape == (3,) and np.abs(d["actions"]).max() <= 1.0
-    obs, act, _ = cw.collect_episodes("hammer", d["seeds"][:1], cfg.max_path_length)
+    obs, act, _ = cw10_data.collect_episodes("hammer", d["seeds"][:1], cfg.max_path_length)
     assert np.array_equal(obs, d["obs"][:1]) and np.array_equal(act, d["actions"][:1])  # the seed reproduces it
     assert len(set(map(tuple, d["obs"][:, 0, 4:7]))) == 3  # a fresh object position at every reset
 
@@ -122,9 +123,9 @@ class CountingPolicy(torch.nn.Module):
 def test_rollout_one_policy_call_per_replan_for_all_episodes():
     cfg = cw.Config(**cw.PRESETS["smoke"])
     n, policy = 3, CountingPolicy()
-    envs = [cw.make_env("hammer", cfg.max_path_length) for _ in range(n)]
-    lo, hi = cw.obs_bounds(envs[0])
-    ok, (cond, x0) = cw.rollout(policy, cw.diffusion.Schedule(), envs, [1, 2, 3], cfg, lo, hi,
+    envs = [cw10_data.make_env("hammer", cfg.max_path_length) for _ in range(n)]
+    lo, hi = cw10_data.obs_bounds(envs[0])
+    ok, (cond, x0) = cw10_data.rollout(policy, cw.diffusion.Schedule(), envs, [1, 2, 3], cfg, lo, hi,
                                torch.Generator().manual_seed(0), torch.device("cpu"), record=True)
     replans = -(-cfg.max_path_length // cfg.action_chunk)
     assert len(policy.calls) == replans * cfg.ddim_steps  # one batched call per DDIM step per re-plan
@@ -200,7 +201,7 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(sig, data_dir, smoke_ru
 
 @pytest.mark.slow
 def test_grid_writes_table5(data_dir, tmp_path):
-    proc = run_script(tmp_path / "grid", data_dir, "--grid", "8,6,2;8,4,4", "--tasks", "hammer")
+    proc = run_script(tmp_path / "grid", data_dir, "--grid", "S8_O6_A2,S8_O4_A4", "--tasks", "hammer")
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = (tmp_path / "grid" / "table5.md").read_text()
     assert "S8_O6_A2" in text and "S8_O4_A4" in text and "0.859" in text

@@ -15,6 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import image_data
 import train_imagenet as ti  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------------
@@ -27,7 +28,7 @@ def write_imagenet32(root: Path, per_file: int = 40, n_val: int = 30, seed: int 
     save = np.savez_compressed if compressed else np.savez
     (root / "Imagenet32_train_npz").mkdir(parents=True, exist_ok=True)
     (root / "Imagenet32_val_npz").mkdir(parents=True, exist_ok=True)
-    files = [root / f for f in ti.IMAGENET32_TRAIN] + [root / f for f in ti.IMAGENET32_VAL]
+    files = [root / f for f in image_data.IMAGENET32_TRAIN] + [root / f for f in image_data.IMAGENET32_VAL]
     for i, path in enumerate(files):
         n = n_val if i == len(files) - 1 else per_file
         labels = np.concatenate([np.tile(np.arange(1, 7), 3), rng.integers(1, 1001, n - 18)])  # 1..6 x3 per file
@@ -40,16 +41,16 @@ def write_imagenet32(root: Path, per_file: int = 40, n_val: int = 30, seed: int 
 
 def test_loader_keeps_first_classes_and_reshapes_channel_planar(tmp_path):
     write_imagenet32(tmp_path, compressed=True)
-    train, val = ti.load_imagenet32(str(tmp_path), num_classes=6)
+    train, val = image_data.load_imagenet32(str(tmp_path), num_classes=6)
     assert train.images.dtype == np.uint8 and train.images.shape[1:] == (3, 32, 32)
     assert train.labels.min() == 0 and train.labels.max() == 5  # 1-indexed 1..6 -> 0..5
-    raw = [np.load(tmp_path / f) for f in ti.IMAGENET32_TRAIN]
+    raw = [np.load(tmp_path / f) for f in image_data.IMAGENET32_TRAIN]
     kept = np.concatenate([z["data"][z["labels"] <= 6] for z in raw])
     assert len(train.labels) == len(kept)
     assert np.array_equal(train.images.reshape(len(kept), 3072), kept)  # channel-planar row order kept
     assert np.array_equal(train.images[:, 0, 0, 0], (train.labels + 1) % 256)
-    assert len(val.labels) == int((np.load(tmp_path / ti.IMAGENET32_VAL[0])["labels"] <= 6).sum())
-    x = ti.to_float(train.images[:5], "cpu")
+    assert len(val.labels) == int((np.load(tmp_path / image_data.IMAGENET32_VAL[0])["labels"] <= 6).sum())
+    x = image_data.to_float(train.images[:5], "cpu")
     assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
     assert torch.allclose(x, torch.from_numpy(train.images[:5]).float() / 127.5 - 1)
 
@@ -57,7 +58,7 @@ def test_loader_keeps_first_classes_and_reshapes_channel_planar(tmp_path):
 def test_loader_streams_in_chunks_matches_whole_read(tmp_path):
     files = write_imagenet32(tmp_path, per_file=50)
     labels = np.load(files[0])["labels"]
-    rows = np.concatenate([r for _, r in ti._stream_rows(files[0], len(labels), chunk=7)])
+    rows = np.concatenate([r for _, r in image_data._stream_rows(files[0], len(labels), chunk=7)])
     assert np.array_equal(rows.reshape(len(labels), -1), np.load(files[0])["data"])
 
 
@@ -132,20 +133,20 @@ def _npy_bytes(a):
 
 
 def test_shapes_deterministic_distinct_and_learnable():
-    a = ti.make_shapes(0, num_classes=50, per_class=12, split=0)
-    b = ti.make_shapes(0, num_classes=50, per_class=12, split=0)
-    held = ti.make_shapes(0, num_classes=50, per_class=6, split=1)
+    a = image_data.make_shapes(0, num_classes=50, per_class=12, split=0)
+    b = image_data.make_shapes(0, num_classes=50, per_class=12, split=0)
+    held = image_data.make_shapes(0, num_classes=50, per_class=6, split=1)
     assert a.images.shape == (600, 3, 32, 32) and a.images.dtype == np.uint8
     assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, np.repeat(np.arange(50), 12))
     assert not np.array_equal(a.images[:6], held.images[:6])  # held-out split is a different draw
-    assert not np.array_equal(ti.make_shapes(1, 2, 4, 0).images, ti.make_shapes(0, 2, 4, 0).images)
+    assert not np.array_equal(image_data.make_shapes(1, 2, 4, 0).images, image_data.make_shapes(0, 2, 4, 0).images)
     # classes are distinct: nearest class mean on raw pixels beats chance (2%) by far on held-out images
     cent = a.images.reshape(50, 12, -1).astype(np.float32).mean(1)                       # (50, 3072)
     x = held.images.reshape(300, -1).astype(np.float32)
     pred = ((x[:, None, :] - cent[None]) ** 2).sum(-1).argmin(1)
     assert (pred == held.labels).mean() > 0.25
     # every class of the 500 renders (all shapes x backgrounds)
-    assert ti.render_shape_class(0, 0, 499, 2).shape == (2, 3, 32, 32)
+    assert image_data.render_shape_class(0, 0, 499, 2).shape == (2, 3, 32, 32)
 
 
 def test_config_defaults_are_table3_and_flags_generated():

@@ -1,0 +1,248 @@
+"""Image data for train_imagenet.py: downsampled ImageNet 32x32 in its official npz files, and the built-in
+procedural "shapes" stand-in of the same shape (paper Section 4.1, Appendix C.1.2; reference notes §7).
+
+Why a module of its own: file formats and image synthesis are the data side of the image experiment;
+train_imagenet.py keeps the configuration, the evaluation and the continual loop, which then read in one piece.
+
+    imagenet32  DIR/Imagenet32_train_npz/train_data_batch_{1..10}.npz and DIR/Imagenet32_val_npz/val_data.npz:
+                `data` (N, 3072) uint8 channel-planar, `labels` 1-indexed (1..1000). Classes 1..500 -> 0..499;
+                task k = classes 50k .. 50k+49. Each file's `data` member is streamed from its zip in row chunks
+                into ONE preallocated uint8 array (np.load(mmap_mode="r") cannot map members of a zip), so no
+                float copy of the training set ever exists; batches become float one at a time (`to_float`).
+    shapes      500 classes of 32x32 RGB: class c = shape (c % 10) x colour ((c // 10) % 10) x background
+                (c // 100); train and held-out sets from disjoint random streams.
+
+Deviations from the paper: none here (the npz layout is the official one); `shapes` is our stand-in for when the
+ImageNet-32 files are absent, and every result made with it says so.
+"""
+from __future__ import annotations
+
+import colorsys
+import math
+import pickle
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+# ----------------------------------------------------------------------------------------------------------------
+# data: downsampled ImageNet 32x32, official npz files (reference notes §7)
+
+IMAGENET32_TRAIN = [f"Imagenet32_train_npz/train_data_batch_{i}.npz" for i in range(1, 11)]
+IMAGENET32_VAL = ["Imagenet32_val_npz/val_data.npz"]
+IMAGENET32_HELP = ("download Imagenet32_train_npz.zip and Imagenet32_val_npz.zip (Downsampled ImageNet 32x32) "
+                   "from https://image-net.org/download-images (login required) and unzip both into that folder, "
+                   "or run without it: --dataset shapes")
+ROW = 3 * 32 * 32  # one image, channel-planar: 1024 R, then 1024 G, then 1024 B values
+READ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error, pickle.UnpicklingError)
+
+
+@dataclass
+class ImageSet:
+    """images (N, 3, 32, 32) uint8 and labels (N,) int64 class ids 0..C-1."""
+    images: np.ndarray
+    labels: np.ndarray
+
+    def task_index(self, task: int, classes_per_task: int) -> np.ndarray:
+        """Row indices of task `task` (classes task*C .. task*C + C - 1), ascending."""
+        return np.flatnonzero(self.labels // classes_per_task == task)
+
+
+def to_float(images: np.ndarray, device) -> torch.Tensor:
+    """uint8 (B, 3, 32, 32) -> float32 in [-1, 1] on device (Appendix C.1.2: 'normalized to (-1, 1)')."""
+    return torch.from_numpy(images).to(device).float().div_(127.5).sub_(1.0)
+
+
+def _npz_labels(path: Path) -> np.ndarray:
+    """The `labels` array of an ImageNet-32 npz file, validated: 1-D integers in 1..1000."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            labels = np.asarray(z["labels"]) if {"data", "labels"} <= keys else None
+    except READ_ERRORS as e:
+        raise ValueError(f"{path}: not a readable npz file ({type(e).__name__}: {e})") from None
+    if labels is None:
+        raise ValueError(f"{path}: expected arrays 'data' and 'labels', found {sorted(keys)}")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: 'labels' must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 1 or labels.max() > 1000):
+        raise ValueError(f"{path}: labels out of range 1..1000 (ImageNet-32 labels are 1-indexed), "
+                         f"found {labels.min()}..{labels.max()}")
+    return labels.astype(np.int64)
+
+
+def _stream_rows(path: Path, n_rows: int, chunk: int = 8192):
+    """Yield (start, (m, 3, 32, 32) uint8) chunks of the npz member data.npy, read from the zip stream."""
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("data.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, fortran, dtype = read_header(f)
+            if dtype != np.uint8 or len(shape) != 2 or shape[1] != ROW or fortran:
+                raise ValueError(f"'data' must be a C-ordered uint8 array of shape (N, {ROW}), "
+                                 f"got {dtype} {shape}{' (Fortran order)' if fortran else ''}")
+            if shape[0] != n_rows:
+                raise ValueError(f"'data' has {shape[0]} rows but 'labels' has {n_rows}")
+            for start in range(0, n_rows, chunk):
+                m = min(chunk, n_rows - start)
+                buf = f.read(m * ROW)
+                if len(buf) != m * ROW:
+                    raise ValueError(f"'data' is truncated at row {start + len(buf) // ROW}")
+                yield start, np.frombuffer(buf, np.uint8).reshape(m, 3, 32, 32)  # (m, 3072) -> (m, 3, 32, 32)
+    except READ_ERRORS as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def load_npz_files(paths: list[Path], num_classes: int, progress: bool = False) -> ImageSet:
+    """Rows with label <= num_classes from the given npz files, in one preallocated uint8 array.
+
+    Two passes: the labels of every file (small) to count the kept rows, then each file's `data` once,
+    streamed in chunks of 8,192 rows, copying kept rows into place. Peak memory = the result + one chunk.
+    """
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"missing {missing[0]}: {IMAGENET32_HELP}")
+    labels = [_npz_labels(p) for p in paths]
+    keep = [lab <= num_classes for lab in labels]
+    total = int(sum(k.sum() for k in keep))
+    images = np.empty((total, 3, 32, 32), np.uint8)   # the only copy of the kept images
+    out_labels = np.empty(total, np.int64)
+    pos = 0
+    for path, lab, k in tqdm(list(zip(paths, labels, keep)), desc="loading ImageNet-32", disable=not progress):
+        for start, rows in _stream_rows(path, len(lab)):
+            kk = k[start:start + len(rows)]
+            m = int(kk.sum())
+            images[pos:pos + m] = rows[kk]
+            out_labels[pos:pos + m] = lab[start:start + len(rows)][kk] - 1   # 1-indexed -> 0-based
+            pos += m
+    return ImageSet(images, out_labels)
+
+
+def load_imagenet32(data_dir: str, num_classes: int, progress: bool = False) -> tuple[ImageSet, ImageSet]:
+    """(train, held-out val) of the first num_classes ImageNet-32 classes."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise ValueError(f"ImageNet-32 data folder {root} not found: {IMAGENET32_HELP}")
+    train = load_npz_files([root / f for f in IMAGENET32_TRAIN], num_classes, progress)
+    val = load_npz_files([root / f for f in IMAGENET32_VAL], num_classes, progress)
+    for name, s in (("training", train), ("validation", val)):
+        absent = sorted(set(range(num_classes)) - set(np.unique(s.labels).tolist()))
+        if absent:
+            raise ValueError(f"{root}: the {name} files hold no image of class {absent[0] + 1} (1-indexed)")
+    return train, val
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data: procedural shapes (same shape as ImageNet-32: 500 classes, 32x32 RGB)
+
+SHAPES = ("disc", "square", "triangle", "diamond", "plus", "ring", "star", "bars", "cross", "half-disc")
+BACKGROUNDS = ("dark", "light", "grey", "gradient", "checker")
+SUPERSAMPLE = 2  # shapes are drawn at 64x64 and box-filtered to 32x32 (anti-aliased edges)
+
+
+def _polygon(cx, cy, radii, angle0):
+    """Vertices at equal angles starting at angle0, with radii cycling through `radii`."""
+    n = len(radii)
+    return [(cx + r * math.cos(angle0 + 2 * math.pi * i / n), cy + r * math.sin(angle0 + 2 * math.pi * i / n))
+            for i, r in enumerate(radii)]
+
+
+def _bar(cx, cy, half_len, half_w, angle):
+    """Corners of a rectangle centred at (cx, cy), long axis at `angle`."""
+    c, s = math.cos(angle), math.sin(angle)
+    return [(cx + a * c - b * s, cy + a * s + b * c)
+            for a, b in ((-half_len, -half_w), (half_len, -half_w), (half_len, half_w), (-half_len, half_w))]
+
+
+def _shape_mask(shape: int, cx: float, cy: float, r: float, rot: float) -> np.ndarray:
+    """Anti-aliased coverage mask (32, 32) in [0, 1] of one shape; geometry in 64x64 supersampled pixels."""
+    size = 32 * SUPERSAMPLE
+    im = Image.new("L", (size, size), 0)
+    d = ImageDraw.Draw(im)
+    name = SHAPES[shape]
+    if name == "disc":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    elif name in ("square", "diamond"):
+        d.polygon(_polygon(cx, cy, [r * 1.15] * 4, rot + (math.pi / 4 if name == "square" else 0.0)), fill=255)
+    elif name == "triangle":
+        d.polygon(_polygon(cx, cy, [r * 1.2] * 3, rot - math.pi / 2), fill=255)
+    elif name in ("plus", "cross"):
+        a = rot + (math.pi / 4 if name == "cross" else 0.0)
+        d.polygon(_bar(cx, cy, r, r * 0.3, a), fill=255)
+        d.polygon(_bar(cx, cy, r, r * 0.3, a + math.pi / 2), fill=255)
+    elif name == "ring":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=255, width=max(1, int(r * 0.4)))
+    elif name == "star":
+        d.polygon(_polygon(cx, cy, [r * 1.2, r * 0.5] * 5, rot - math.pi / 2), fill=255)
+    elif name == "bars":
+        for off in (-0.45 * r, 0.45 * r):
+            d.polygon(_bar(cx - off * math.sin(rot), cy + off * math.cos(rot), r, r * 0.22, rot), fill=255)
+    else:  # half-disc
+        deg = math.degrees(rot)
+        d.pieslice([cx - r, cy - r, cx + r, cy + r], 180 + deg, 360 + deg, fill=255)
+    im = im.resize((32, 32), Image.BOX)
+    return np.asarray(im, dtype=np.float32) / 255.0  # (32, 32)
+
+
+def _backgrounds(kind: int, shade: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(n, 32, 32, 3) float32 in [0, 1]; shade (n,) jitters the brightness per image."""
+    name, n = BACKGROUNDS[kind], len(shade)
+    s = shade[:, None, None, None].astype(np.float32)                        # (n, 1, 1, 1)
+    if name == "dark":
+        bg = 0.08 + s + np.zeros((1, 32, 32, 3), np.float32)
+    elif name == "light":
+        bg = 0.88 - s + np.zeros((1, 32, 32, 3), np.float32)
+    elif name == "grey":
+        bg = 0.45 + s + rng.normal(0, 0.06, (n, 32, 32, 1)).astype(np.float32)
+    elif name == "gradient":
+        ramp = np.linspace(0.0, 1.0, 32, dtype=np.float32)[None, :, None, None]  # (1, 32, 1, 1), top to bottom
+        bg = 0.1 + s + ramp * np.array([0.15, 0.3, 0.55], np.float32)            # dark to blue-grey
+    else:  # checker: 4-pixel squares, low contrast
+        yy, xx = np.mgrid[0:32, 0:32]
+        bg = 0.3 + s + (0.12 * (((yy // 4) + (xx // 4)) % 2)).astype(np.float32)[None, :, :, None]
+    return np.broadcast_to(bg, (n, 32, 32, 3))
+
+
+def render_shape_class(dataset_seed: int, split: int, c: int, n: int) -> np.ndarray:
+    """n images (n, 3, 32, 32) uint8 of class c; split 0 = train, 1 = held-out (disjoint random streams).
+
+    Class c: shape SHAPES[c % 10], foreground hue (c // 10) % 10 / 10, background BACKGROUNDS[c // 100].
+    Per image: position +-4 px, radius 8-12 px, rotation +-20 deg, saturation/value and background
+    brightness jitter, pixel noise (sigma 3/255).
+    """
+    rng = np.random.default_rng([dataset_seed, split, c])
+    shape, hue, bg_kind, ss = c % 10, ((c // 10) % 10) / 10.0, c // 100, SUPERSAMPLE
+    cx, cy = (16 + rng.uniform(-4, 4, n)) * ss, (16 + rng.uniform(-4, 4, n)) * ss
+    r, rot = rng.uniform(8, 12, n) * ss, np.radians(rng.uniform(-20, 20, n))
+    sat, val, shade = rng.uniform(0.75, 0.95, n), rng.uniform(0.8, 1.0, n), rng.uniform(0.0, 0.08, n)
+    mask = np.stack([_shape_mask(shape, cx[i], cy[i], r[i], rot[i]) for i in range(n)])[..., None]  # (n,32,32,1)
+    fg = np.array([colorsys.hsv_to_rgb(hue, sat[i], val[i]) for i in range(n)], np.float32)[:, None, None, :]
+    img = _backgrounds(bg_kind, shade, rng) * (1 - mask) + fg * mask               # (n, 32, 32, 3)
+    img = img + rng.normal(0, 3 / 255, img.shape).astype(np.float32)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 3, 1, 2)  # (n, 3, 32, 32)
+
+
+def make_shapes(dataset_seed: int, num_classes: int, per_class: int, split: int, progress: bool = False) -> ImageSet:
+    """The procedural set: per_class images of each class 0..num_classes-1, class-sorted."""
+    images = np.empty((num_classes * per_class, 3, 32, 32), np.uint8)
+    for c in tqdm(range(num_classes), desc=f"drawing shapes ({'train' if split == 0 else 'held-out'})",
+                  disable=not progress, leave=False):
+        images[c * per_class:(c + 1) * per_class] = render_shape_class(dataset_seed, split, c, per_class)
+    return ImageSet(images, np.repeat(np.arange(num_classes, dtype=np.int64), per_class))
+
+
+def load_data(cfg) -> tuple[ImageSet, ImageSet]:
+    """(train, held-out) for the configured dataset and classes."""
+    n_classes = cfg.num_tasks * cfg.classes_per_task
+    if cfg.dataset == "imagenet32":
+        return load_imagenet32(cfg.data_dir, n_classes, cfg.progress)
+    return (make_shapes(cfg.shapes_seed, n_classes, cfg.shapes_train_per_class, 0, cfg.progress),
+            make_shapes(cfg.shapes_seed, n_classes, cfg.heldout_per_class, 1, cfg.progress))
