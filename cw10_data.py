@@ -177,7 +177,8 @@ def collect_demos(cfg, task: str) -> dict:
             jobs = [(task, episode_seeds(EPISODES_DEMO, cfg.demo_seed, task, a, min(chunk, attempted + budget - a)), T)
                     for a in range(attempted, attempted + budget, chunk)]
             attempted += budget
-            for (_, seeds, _), (o, a, ok) in zip(jobs, pool.imap(_collect_job, jobs) if pool else map(_collect_job, jobs)):
+            results = pool.imap(_collect_job, jobs) if pool else map(_collect_job, jobs)
+            for (_, seeds, _), (o, a, ok) in zip(jobs, results):
                 for i in np.flatnonzero(ok | (cfg.demo_keep == "all"))[: n - len(kept)]:
                     kept.append((o[i], a[i], ok[i], seeds[i]))
                 bar.update(len(kept) - bar.n)

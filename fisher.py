@@ -404,7 +404,7 @@ def _bench(argv=None):
 
     p = argparse.ArgumentParser(description=_bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="unet1d_small",
-                   choices=["unet1d_tiny", "unet1d_small", "unet1d_paper", "unet2d_tiny", "unet2d_small", "unet2d_paper"])
+                   choices=[f"unet{d}_{s}" for d in ("1d", "2d") for s in ("tiny", "small", "paper")])
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -348,7 +348,7 @@ def main(argv=None):
     print(f"model {args.model} ({n_params / 1e6:.2f}M params), batch {args.batch} current + {args.batch} replay, "
           f"{args.old_tasks} old task(s), device {args.device}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, fp32, median of {args.steps} interleaved steps")
-    print(f"| method | ms / step | it/s | x finetune |\n|---|---:|---:|---:|")
+    print("| method | ms / step | it/s | x finetune |\n|---|---:|---:|---:|")
     for row in rows:
         print(f"| {row} | {1000 * sec[row]:.1f} | {1 / sec[row]:.2f} | {sec[row] / sec['finetune']:.2f} |")
 

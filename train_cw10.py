@@ -120,9 +120,10 @@ def validate(cfg: Config) -> None:
         "max_path_length", "eval_episodes", "curve_episodes", "rollout_batch", "log_every", "checkpoint_every"),
         non_negative=("lam", "beta", "replay_ratio", "inner_lr", "vr_momentum", "grad_clip", "workers", "threads"))
     tasks = task_list(cfg)
-    experiment.require(bool(tasks) and len(set(tasks)) == len(tasks), f"--tasks must name distinct tasks: {cfg.tasks!r}")
+    experiment.require(bool(tasks) and len(set(tasks)) == len(tasks),
+                       f"--tasks must name distinct tasks: {cfg.tasks!r}")
     for t in tasks:
-        experiment.require(t in cw10_data.CW10, f"unknown task {t!r}; cw10_data.CW10 tasks are {', '.join(cw10_data.CW10)}")
+        experiment.require(t in cw10_data.CW10, f"unknown task {t!r}; CW10 tasks are {', '.join(cw10_data.CW10)}")
     S, O, A = cfg.horizon, cfg.obs_horizon, cfg.action_chunk
     experiment.require(S >= 4 and S % 4 == 0, f"--horizon S={S} must be a positive multiple of 4 (the UNet halves it)")
     experiment.require(O >= 1 and A >= 1, f"--obs-horizon O={O} and --action-chunk A={A} must be >= 1")
@@ -151,7 +152,8 @@ def build_model(cfg: Config, device) -> torch.nn.Module:
 
 def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
     """The continual loop over cfg's tasks in `folder` (resumed from its checkpoint if it has one)."""
-    tasks, sched, env_cache = task_list(cfg), diffusion.Schedule(cfg.train_timesteps), cw10_data.EnvCache(cfg.max_path_length)
+    tasks, sched = task_list(cfg), diffusion.Schedule(cfg.train_timesteps)
+    env_cache = cw10_data.EnvCache(cfg.max_path_length)
     lo, hi = cw10_data.obs_bounds(env_cache.get(tasks[0], 1)[0])
     torch.manual_seed(cfg.seed)  # parameter init (the only use of the global RNG)
     model = build_model(cfg, device)
@@ -172,7 +174,8 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
         """Success rate of task j over n episodes (fixed evaluation seeds, DDIM noise keyed by time and task)."""
         experiment.check_parameters(model, f"task {state['task'] + 1} step {in_task}")
         g = experiment.generator(cfg.seed, state["task"], in_task, STREAM_EVAL, j, device=device)
-        ok, _ = cw10_data.run_episodes(model, sched, cfg, tasks[j], n, cw10_data.EPISODES_EVAL, g, env_cache, lo, hi, device)
+        ok, _ = cw10_data.run_episodes(model, sched, cfg, tasks[j], n, cw10_data.EPISODES_EVAL, g, env_cache, lo, hi,
+                                       device)
         return float(ok.mean())
 
     def curve_point(j: int, in_task: int, score: float) -> None:
@@ -226,7 +229,8 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
                 teacher = replay.frozen_copy(model)
                 learner.replay_loss_fn.set_teacher(teacher)
                 g = experiment.generator(cfg.seed, k, STREAM_REPLAY, device=device)
-                _, records = cw10_data.run_episodes(teacher, sched, cfg, tasks[k], cfg.replay_rollouts, cw10_data.EPISODES_REPLAY, g,
+                _, records = cw10_data.run_episodes(teacher, sched, cfg, tasks[k], cfg.replay_rollouts,
+                                                    cw10_data.EPISODES_REPLAY, g,
                                           env_cache, lo, hi, device, record=True)
                 cond, x0 = torch.cat([c for c, _ in records]), torch.cat([x for _, x in records])  # (n, R, ...)
                 keep = torch.linspace(0, cond.shape[1] - 1, min(cfg.replay_windows, cond.shape[1])).round().long()
@@ -287,14 +291,16 @@ def grid(cfg: Config, names: str, out: str, device) -> None:
                 success.append(train(runs[name, task], folder, device)["R"][0][0])
         lines.append(f"| {name} | {np.mean(success):.3f} | {TABLE5[name]} | " + " | ".join(f"{v:.2f}" for v in success)
                      + " |")
-    text = f"Table 5 ({cfg.steps_per_task} steps, {cfg.eval_episodes} episodes, model {cfg.model})\n\n" + "\n".join(lines)
+    text = f"Table 5 ({cfg.steps_per_task} steps, {cfg.eval_episodes} episodes, model {cfg.model})\n\n"
+    text += "\n".join(lines)
     metrics.atomic_write_text(os.path.join(out, "table5.md"), text + "\n")
     print(text)
 
 
 def bench(cfg: Config, device) -> None:
     """Batched vs one-episode-at-a-time rollouts with this configuration's model, and demo collection speed."""
-    env_cache, sched, task = cw10_data.EnvCache(cfg.max_path_length), diffusion.Schedule(cfg.train_timesteps), task_list(cfg)[0]
+    env_cache, sched = cw10_data.EnvCache(cfg.max_path_length), diffusion.Schedule(cfg.train_timesteps)
+    task = task_list(cfg)[0]
     model = build_model(cfg, device)
     lo, hi = cw10_data.obs_bounds(env_cache.get(task, 1)[0])
     times = {}

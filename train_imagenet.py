@@ -143,7 +143,8 @@ def validate(cfg: Config) -> None:
         experiment.require(os.path.isfile(cfg.inception_weights),
                            f"--inception-weights {cfg.inception_weights}: no such file")
     if cfg.dataset == "imagenet32":
-        missing = [f for f in image_data.IMAGENET32_TRAIN + image_data.IMAGENET32_VAL if not (Path(cfg.data_dir) / f).is_file()]
+        missing = [f for f in image_data.IMAGENET32_TRAIN + image_data.IMAGENET32_VAL
+                   if not (Path(cfg.data_dir) / f).is_file()]
         experiment.require(not missing, f"missing {Path(cfg.data_dir) / missing[0]}: {image_data.IMAGENET32_HELP}"
                            if missing else "")
 
@@ -241,8 +242,9 @@ def task_names(cfg: Config) -> list[str]:
     return [f"{prefix}T{k + 1} (classes {k * c}-{(k + 1) * c - 1})" for k in range(cfg.num_tasks)]
 
 
-def train(cfg: Config, folder: experiment.RunFolder, data: tuple[image_data.ImageSet, image_data.ImageSet], extractor, device) -> dict:
-    """The continual loop over cfg's tasks in `folder` (resumed from its checkpoint if it has one)."""
+def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, device) -> dict:
+    """The continual loop over cfg's tasks in `folder` (resumed from its checkpoint if it has one).
+    data: (train, held-out) image_data.ImageSet."""
     train_set, heldout = data
     task_rows = [train_set.task_index(k, cfg.classes_per_task) for k in range(cfg.num_tasks)]
     steps = [steps_for_task(cfg, len(r)) for r in task_rows]
@@ -321,11 +323,13 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple[image_data.Imag
             if meta_baselines.uses_replay(cfg.method):
                 teacher = replay.frozen_copy(model)
                 learner.replay_loss_fn.set_teacher(teacher)
-                g = experiment.generator(cfg.seed, k, STREAM_POOL, device=device)
-                for j in range(k + 1) if cfg.replay_rebuild else [k]:
-                    pool.build(teacher, sched, j, replay.label_source(cfg.classes_per_task), cfg.replay_per_task,
-                               (3, 32, 32), batch_size=cfg.sample_batch, steps=cfg.replay_ddim_steps, generator=g,
-                               device=device, progress=cfg.progress)
+                labels, kw = replay.label_source(cfg.classes_per_task), dict(
+                    batch_size=cfg.sample_batch, steps=cfg.replay_ddim_steps, progress=cfg.progress, device=device,
+                    generator=experiment.generator(cfg.seed, k, STREAM_POOL, device=device))
+                if cfg.replay_rebuild:  # the authors' gr.py: the new teacher regenerates every old task's pool
+                    pool.rebuild(teacher, sched, range(k + 1), labels, cfg.replay_per_task, (3, 32, 32), **kw)
+                else:
+                    pool.build(teacher, sched, k, labels, cfg.replay_per_task, (3, 32, 32), **kw)
                 log({"kind": "replay", "global_step": state["global_step"], "task": k, "pool_size": len(pool)})
             state["transitions"].append(state["global_step"])
         state["task"], state["step"], folder.task, folder.step = k + 1, 0, k + 1, 0

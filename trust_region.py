@@ -79,7 +79,7 @@ def gradient_terms(model, batch, replay_batch, loss_fn, replay_loss_fn, beta: fl
     theta = flat_params(model)
     C = torch.zeros_like(A)
     for F in fishers if lam else []:
-        C = C + lam * F.grad(theta).to(A.dtype)                                             # (C) lam F_i (theta - theta_i*)
+        C = C + lam * F.grad(theta).to(A.dtype)                                     # (C) lam F_i (theta - theta_i*)
     return {"A": A, "B": B, "C": C}
 
 
@@ -468,7 +468,7 @@ def eq16_table(alpha: float = ALPHA, radii=(1.0, 1e-1, 1e-2, 1e-3), alphas=(1e-2
         for r, a in [(r, alpha) for r in radii] + [(r0, a) for a in alphas]:
             row = {"radius": r, "alpha": a, **measure(toy, r, a)}
             if a == alpha:
-                row["e15_local"] = _rel(H("tr", th0 + r * toy["d"]), Htr)          # Eq. (15): H^tr(theta) ~ H^tr(theta*)
+                row["e15_local"] = _rel(H("tr", th0 + r * toy["d"]), Htr)    # Eq. (15): H^tr(theta) ~ H^tr(theta*)
             rows.append(row)
         rs = [x for x in rows if x["alpha"] == alpha and x["radius"] <= 0.1]
         ra = [x for x in rows if x["radius"] == r0]
@@ -512,8 +512,9 @@ def format_table(table: dict) -> str:
 
 if __name__ == "__main__":
     print("Section 3.3 on toys, float64: relative errors of Eq. (11), (13), (15), (16), cos((II), (C)) with (C) =\n"
-          "TrustRegionLearner.term_C, and (I) - alpha (II) = (B) + lam_eff F^ delta (see trust_region.py, 'Section 3.3\n"
-          "measured'). Rows: r = ||theta - theta*|| at alpha = 1e-4 (Table 3's inner lr), then alpha = 1e-2, 1e-3 at r = 1e-2.\n"
+          "TrustRegionLearner.term_C, and (I) - alpha (II) = (B) + lam_eff F^ delta (see trust_region.py, 'Section\n"
+          "3.3 measured'). Rows: r = ||theta - theta*|| at alpha = 1e-4 (Table 3's inner lr), then alpha = 1e-2, 1e-3\n"
+          "at r = 1e-2.\n"
           "The experiments use lam > 0: " + ", ".join(f"{k} {v:g}" for k, v in LAM_TABLES.items()) + ".")
     torch.set_num_threads(1)                     # toy sizes: a second thread only adds contention (measured 6x)
     print(format_table(eq16_table()))
