@@ -36,6 +36,7 @@ import typing
 import numpy as np
 import torch
 
+import meta_baselines
 import metrics
 import replay
 
@@ -270,6 +271,36 @@ class RunFolder:
 # steps every continual loop takes the same way
 
 
+def start(folder: RunFolder, cfg, model, sched):
+    """(learner, replay pool, teacher, loop state) of a run: built fresh, or restored from the folder's checkpoint.
+    Begins the folder (config.json, metrics.jsonl). The loop state: task and step to do next, global_step, the rows
+    of R, the evaluation curves {task: [(global_step, in_task_step, training_task, score)]}, the transitions."""
+    learner = meta_baselines.make_learner(cfg.method, model, sched, cfg)
+    pool, teacher = replay.ReplayPool(), None
+    state = {"task": 0, "step": 0, "global_step": 0, "R": [], "curves": {}, "transitions": []}
+    if folder.checkpoint is not None:
+        state, teacher = restore(folder.checkpoint, model, learner, pool)
+        print(f"resuming {folder.out} at task {state['task'] + 1}, step {state['step']}")
+    folder.begin()
+    return learner, pool, teacher, state
+
+
+def train_step(learner, batch, replay_batch, generator, state: dict, folder: RunFolder, bar, log_every: int) -> None:
+    """One learner step (Eq. 8 or the meta-update), the loop state advanced; every log_every steps the one host sync:
+    check the step's 0-d tensors are finite, show the loss in the bar, write a "train" record (with Eq. 9's norms)."""
+    log_now = (state["step"] + 1) % log_every == 0
+    logs = learner.step(batch, replay_batch, generator, log_terms=log_now)
+    state["step"] += 1
+    state["global_step"] += 1
+    folder.step = state["step"]
+    if log_now:
+        check_finite(f"task {state['task'] + 1} step {state['step']}", logs)
+        logs = {name: float(v) for name, v in logs.items()}
+        bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        folder.logger.log({"kind": "train", "global_step": state["global_step"], "task": state["task"],
+                           "step": state["step"], **logs})
+
+
 def checkpoint(cfg, state: dict, model, learner, pool, teacher) -> dict:
     """Everything a resumed run needs: config, loop state (task, step, R, curves, ...), weights, learner (optimizer,
     Fishers), replay pool and teacher (None before the first boundary or for methods without replay)."""
@@ -289,15 +320,6 @@ def restore(ck: dict, model, learner, pool):
         teacher.load_state_dict(ck["teacher"])
         learner.replay_loss_fn.set_teacher(teacher)
     return ck["state"], teacher
-
-
-def log_train(log, bar, logs: dict, task: int, step: int, global_step: int) -> None:
-    """Every log_every steps: the one host sync (check the step's 0-d tensors are finite, read them), the loss in
-    the progress bar, a "train" record in metrics.jsonl."""
-    check_finite(f"task {task + 1} step {step}", logs)
-    logs = {name: float(v) for name, v in logs.items()}
-    bar.set_postfix(loss=f"{logs['loss']:.4f}")
-    log({"kind": "train", "global_step": global_step, "task": task, "step": step, **logs})
 
 
 def add_fisher(learner, F, log, task: int, global_step: int) -> None:

@@ -157,13 +157,7 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
     lo, hi = cw10_data.obs_bounds(env_cache.get(tasks[0], 1)[0])
     torch.manual_seed(cfg.seed)  # parameter init (the only use of the global RNG)
     model = build_model(cfg, device)
-    learner = meta_baselines.make_learner(cfg.method, model, sched, cfg)
-    pool, teacher = replay.ReplayPool(), None
-    state = {"task": 0, "step": 0, "global_step": 0, "R": [], "curves": {}, "transitions": []}
-    if folder.checkpoint is not None:
-        state, teacher = experiment.restore(folder.checkpoint, model, learner, pool)
-        print(f"resuming {folder.out} at task {state['task'] + 1}, step {state['step']}")
-    folder.begin()
+    learner, pool, teacher, state = experiment.start(folder, cfg, model, sched)
     log = folder.logger.log
 
     def save():
@@ -195,12 +189,8 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
             g = experiment.generator(cfg.seed, k, s, STREAM_TRAIN)
             batch = data.sample(cfg.batch_size, g)  # (B, S, 4), (B, O, 39)
             replay_batch = pool.sample(replay_batch_size(cfg), g, device) if len(pool) else None
-            log_now = (s + 1) % cfg.log_every == 0
-            logs = learner.step(batch, replay_batch, experiment.generator(cfg.seed, k, s, STREAM_NOISE, device=device),
-                                log_terms=log_now)
-            state["step"], state["global_step"], folder.step = s + 1, state["global_step"] + 1, s + 1
-            if log_now:
-                experiment.log_train(log, bar, logs, k, s + 1, state["global_step"])
+            noise = experiment.generator(cfg.seed, k, s, STREAM_NOISE, device=device)
+            experiment.train_step(learner, batch, replay_batch, noise, state, folder, bar, cfg.log_every)
             if s + 1 in curve_at and s + 1 < cfg.steps_per_task:
                 for j in range(k + 1) if cfg.curve_all_tasks else [0]:
                     curve_point(j, s + 1, evaluate(j, cfg.curve_episodes, s + 1))

@@ -251,13 +251,7 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
     sched = diffusion.Schedule()
     torch.manual_seed(cfg.seed)  # parameter init (the only use of the global RNG)
     model = getattr(unet, f"unet2d_{cfg.model}")(num_classes=cfg.num_tasks * cfg.classes_per_task).to(device)
-    learner = meta_baselines.make_learner(cfg.method, model, sched, cfg)
-    pool, teacher = replay.ReplayPool(), None
-    state = {"task": 0, "step": 0, "global_step": 0, "R": [], "curves": {}, "transitions": []}
-    if folder.checkpoint is not None:
-        state, teacher = experiment.restore(folder.checkpoint, model, learner, pool)
-        print(f"resuming {folder.out} at task {state['task'] + 1}, step {state['step']}")
-    folder.begin()
+    learner, pool, teacher, state = experiment.start(folder, cfg, model, sched)
     log, evaluator = folder.logger.log, Evaluator(cfg, extractor, heldout, sched, device)
     print(f"{cfg.method}: unet2d_{cfg.model} {unet.count_parameters(model) / 1e6:.2f}M params, {cfg.dataset} "
           f"{cfg.num_tasks} tasks x {cfg.classes_per_task} classes, steps/task {steps}, FID extractor "
@@ -286,12 +280,8 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
             batch = to_batch(batch_rows(cfg, k, s, rows))
             g = experiment.generator(cfg.seed, k, s, STREAM_TRAIN)
             replay_batch = pool.sample(round(cfg.replay_ratio * cfg.batch_size), g, device) if len(pool) else None
-            log_now = (s + 1) % cfg.log_every == 0
-            logs = learner.step(batch, replay_batch, experiment.generator(cfg.seed, k, s, STREAM_NOISE, device=device),
-                                log_terms=log_now)
-            state["step"], state["global_step"], folder.step = s + 1, state["global_step"] + 1, s + 1
-            if log_now:
-                experiment.log_train(log, bar, logs, k, s + 1, state["global_step"])
+            noise = experiment.generator(cfg.seed, k, s, STREAM_NOISE, device=device)
+            experiment.train_step(learner, batch, replay_batch, noise, state, folder, bar, cfg.log_every)
             if s + 1 in curve_at:
                 for j in range(k + 1) if cfg.curve_all_tasks else [0]:
                     score = evaluate(j, cfg.curve_samples, STREAM_CURVE)[0].value

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import torch
 
 import cw10_data
 import train_cw10 as cw
+from conftest import stop_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--preset", "smoke", "--threads", "1"]
@@ -180,15 +180,7 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(sig, data_dir, smoke_ru
     clean = smoke_run("tr")
     stopped = tmp_path / "stopped"
     proc = run_script(stopped, data_dir, "--method", "tr", wait=False)
-    log, deadline = stopped / "metrics.jsonl", time.time() + 300
-    while time.time() < deadline and proc.poll() is None:  # wait until task 2 passed its step-3 checkpoint
-        if log.exists() and any(json.loads(line).get("global_step", 0) >= 12 for line in log.read_text().splitlines()
-                                if line.endswith("}")):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be stopped"
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    err = stop_at(proc, stopped / "metrics.jsonl", 12, sig)  # task 2, after its step-3 checkpoint
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and err.strip().splitlines()[-1].startswith("interrupted at task 2, step"), err
         assert "rerun the same command to resume" in err

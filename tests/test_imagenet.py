@@ -1,11 +1,9 @@
 """train_imagenet.py: the ImageNet-32 npz loader, the shapes dataset, the config, bad input, and smoke runs of
 every method through subprocess, including a SIGKILL mid-run followed by a resume to an identical summary.json."""
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 import image_data
 import train_imagenet as ti  # noqa: E402
+from conftest import stop_at  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------------
 # ImageNet-32 npz files in the official format, small
@@ -247,16 +246,8 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(tmp_path, sig, clean_ru
     """Stop a run in task 2 (kill -9, or Ctrl-C: exit 130), rerun the same command: the same summary and log."""
     flags, clean = RESUME_FLAGS, clean_run
     stopped = tmp_path / "stopped"
-    proc, deadline = run_script(stopped, *flags, wait=False), time.time() + 300
-    log = stopped / "metrics.jsonl"
-    while time.time() < deadline and proc.poll() is None:  # wait until task 2 is under way
-        if log.exists() and any(json.loads(line).get("global_step", 0) >= 30 for line in log.read_text().splitlines()
-                                if line.endswith("}")):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be stopped"
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    proc = run_script(stopped, *flags, wait=False)
+    err = stop_at(proc, stopped / "metrics.jsonl", 30, sig)  # in task 2
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and "interrupted at task 2" in err.strip().splitlines()[-1], err
     done = run_script(stopped, *flags)

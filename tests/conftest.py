@@ -1,0 +1,22 @@
+"""Shared test helpers: the repository root on sys.path, and stopping a running experiment mid-run."""
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def stop_at(proc, log_path, global_step: int, sig) -> str:
+    """Wait until the run of `proc` logged a record at `global_step` or later in metrics.jsonl, send `sig`, and
+    return its stderr. Fails if the run finished first (then the test would not test a resume)."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(log_path):
+            with open(log_path) as f:
+                if any(json.loads(line).get("global_step", 0) >= global_step for line in f if line.endswith("}\n")):
+                    break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(sig)
+    return proc.communicate(timeout=60)[1]
