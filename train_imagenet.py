@@ -242,6 +242,10 @@ def task_names(cfg: Config) -> list[str]:
     return [f"{prefix}T{k + 1} (classes {k * c}-{(k + 1) * c - 1})" for k in range(cfg.num_tasks)]
 
 
+def build_model(cfg: Config, device) -> torch.nn.Module:
+    return getattr(unet, f"unet2d_{cfg.model}")(num_classes=cfg.num_tasks * cfg.classes_per_task).to(device)
+
+
 def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, device) -> dict:
     """The continual loop over cfg's tasks in `folder` (resumed from its checkpoint if it has one).
     data: (train, held-out) image_data.ImageSet."""
@@ -250,7 +254,7 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
     steps = [steps_for_task(cfg, len(r)) for r in task_rows]
     sched = diffusion.Schedule()
     torch.manual_seed(cfg.seed)  # parameter init (the only use of the global RNG)
-    model = getattr(unet, f"unet2d_{cfg.model}")(num_classes=cfg.num_tasks * cfg.classes_per_task).to(device)
+    model = build_model(cfg, device)
     learner, pool, teacher, state = experiment.start(folder, cfg, model, sched)
     log, evaluator = folder.logger.log, Evaluator(cfg, extractor, heldout, sched, device)
     print(f"{cfg.method}: unet2d_{cfg.model} {unet.count_parameters(model) / 1e6:.2f}M params, {cfg.dataset} "
@@ -352,7 +356,7 @@ def write_summary(cfg: Config, folder, state: dict, extractor) -> dict:
 
 def bench(cfg: Config, extractor, device) -> None:
     """DDIM sampling and FID feature extraction images/s, each on one batch of sample_batch images."""
-    model = getattr(unet, f"unet2d_{cfg.model}")(num_classes=cfg.num_tasks * cfg.classes_per_task).to(device)
+    model = build_model(cfg, device)
     labels, sched = torch.arange(cfg.sample_batch) % (cfg.num_tasks * cfg.classes_per_task), diffusion.Schedule()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for reps in (1, 3):  # the first call warms up

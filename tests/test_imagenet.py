@@ -223,6 +223,16 @@ def test_smoke_tr(tr_run):
     assert all(k in train[0] for k in ("norm_A", "norm_B", "norm_C", "trust_region", "grad_norm"))
 
 
+def test_smoke_ewc_with_the_diagonal_fisher(tmp_path):
+    """--fisher diag (classic EWC) runs end to end and logs the diagonal's scalars instead of rho and c*."""
+    proc = run_script(tmp_path / "run", "--method", "ewc", "--fisher", "diag")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    fisher = [r for r in records if r["kind"] == "fisher"]
+    assert len(fisher) == 1 and fisher[0]["trace"] > 0 and "rho" not in fisher[0]
+    assert [r["trust_region"] > 0 for r in records if r["kind"] == "train" and r["task"] == 1] == [True, True]
+
+
 def test_rerun_with_another_config_is_refused_and_a_finished_run_is_kept(tmp_path, tr_run):
     proc = run_script(tr_run, "--method", "finetune", "--seed", "7")
     assert proc.returncode == 2 and "method 'tr' -> 'finetune'; seed 0 -> 7" in proc.stderr
