@@ -52,9 +52,10 @@ MODELS = {"paper": unet.unet1d_paper, "small": unet.unet1d_small, "tiny": unet.u
 
 @dataclass
 class Config:
+    """Every hyperparameter of a run, one --flag each; defaults are the paper's (Table 4 unless tagged)."""
     method: str = "tr"  # finetune | ewc | replay | tr | ftml | vrmcl (Section 4)
     seed: int = 0  # training seed (model init, batches, noise); Table 4 averages 4 seeds
-    tasks: str = ",".join(cw10_data.CW10)  # comma-separated task sequence (cw10_data.CW10 order, reference notes §4)
+    tasks: str = ",".join(cw10_data.CW10)  # comma-separated task sequence (CW10 order, reference notes §4)
     model: str = "paper"  # paper (83.3M, App. C.2.1) | small | tiny (unet.py)
     batch_size: int = 256  # Table 4 (bilevel: 128 support + 128 query)
     lr: float = 2e-4  # Table 4, Adam (outer)
@@ -68,7 +69,7 @@ class Config:
     replay_windows: int = 20  # replay samples kept per rollout (ours, bounds memory)
     inner_lr: float = 1e-4  # Table 4, SGD inner step of ftml / vrmcl
     vr_momentum: float = 0.15  # VR-MCL r (reference notes §3; not in the paper)
-    grad_clip: float = 0.0  # max gradient norm, 0 = off (not stated for cw10_data.CW10)
+    grad_clip: float = 0.0  # max gradient norm, 0 = off (not stated for CW10)
     horizon: int = 8  # S, Section 4.2 / Table 5
     obs_horizon: int = 6  # O, Section 4.2 / Table 5
     action_chunk: int = 2  # A, Section 4.2 / Table 5
@@ -245,7 +246,7 @@ def write_summary(cfg: Config, folder, state: dict, tasks: list[str]) -> dict:
         extra={"eval_episodes": cfg.eval_episodes, "curve_episodes": cfg.curve_episodes, "ddim_steps": cfg.ddim_steps,
                "model": cfg.model, "steps_per_task": cfg.steps_per_task, "fisher": cfg.fisher})
     metrics.write_run_outputs(folder.out, summary, "Task 1 success rate",
-                              f"cw10_data.CW10 Task 1 ({tasks[0]}), {cfg.method}, seed {cfg.seed}")
+                              f"CW10 Task 1 ({tasks[0]}), {cfg.method}, seed {cfg.seed}")
     return summary
 
 # ----------------------------------------------------------------------------------------------------------------

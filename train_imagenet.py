@@ -58,6 +58,7 @@ import unet
 
 @dataclass
 class Config:
+    """Every hyperparameter of a run, one --flag each; defaults are the paper's (Table 3 unless tagged)."""
     method: str = "tr"  # finetune | ewc | replay | tr | ftml | vrmcl (Table 1 rows)
     seed: int = 0  # training seed (Table 3: 3 seeds averaged)
     dataset: str = "imagenet32"  # imagenet32 (npz files in data_dir) | shapes (procedural, built in)
