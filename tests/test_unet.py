@@ -75,6 +75,29 @@ def test_unet1d_small_shape():
     assert model(x, _steps(2, gen), torch.randn(2, 6, 39, generator=gen)).shape == x.shape
 
 
+def test_unet1d_compact_is_small_at_half_width():
+    """unet1d_compact (the CW10 CPU presets' model) has small's layout with every width halved and the count its
+    docstring states. Catches a factory that changed depth, attention or kernel instead of width only."""
+    gen = torch.Generator().manual_seed(4)
+    compact, small = unet.unet1d_compact(), unet.unet1d_small()
+    assert unet.count_parameters(compact) == 1_677_476
+    shapes_c = {n: p.shape for n, p in compact.named_parameters()}
+    shapes_s = {n: p.shape for n, p in small.named_parameters()}
+    assert shapes_c.keys() == shapes_s.keys()  # same modules: depth, attention placement, FiLM blocks
+    def half(c):
+        return c if c == 4 else c // 2  # 4 = the action dim (the input and output channels), not a width
+
+    convs = [n for n, s in shapes_s.items() if len(s) == 3]  # Conv1d / ConvTranspose1d weights
+    assert len(convs) > 30
+    for name in convs:
+        c_a, c_b, k = shapes_s[name]
+        assert shapes_c[name] == (half(c_a), half(c_b), k), name  # both channel counts halve, kernel kept
+    x = torch.randn(3, 8, 4, generator=gen)
+    assert compact(x, _steps(3, gen), torch.randn(3, 6, 39, generator=gen)).shape == x.shape
+    with pytest.raises(ValueError, match="horizon"):
+        unet.unet1d_compact(horizon=10)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Gradients reach every parameter
 
