@@ -166,3 +166,15 @@ def test_every_method_learns_task1_and_replay_and_tr_forget_less_than_finetune(t
     forgetting = {m: results[m]["forgetting"] for m in ("finetune", "replay", "tr")}
     assert forgetting["finetune"] > 1000.0, forgetting
     assert forgetting["replay"] < forgetting["finetune"] and forgetting["tr"] < forgetting["finetune"], forgetting
+
+
+def test_curve_at_each_task_end_equals_R_first_column(smoke):
+    """The Task-1 curve and R share one evaluation protocol (sample count, sampler noise fixed per task), so the
+    curve's point at the end of every task is R[k][0] exactly, and Table 2's reference is R[0][0]. Catches curve
+    and R drawing different sampler noise (Table 2 would then compare numbers from two protocols)."""
+    _, runs = smoke
+    for run in runs:
+        s = json.loads((run / "summary.json").read_text())
+        ends = dict(s["task1_curve"])
+        steps = s["transitions"] + [s["task1_curve"][-1][0]]
+        assert [ends[g] for g in steps] == [row[0] for row in s["R"]], run
