@@ -1,5 +1,5 @@
 """The paper's whole continual protocol (Sections 3-4: Tables 1-2, Figure 2) on class-conditional 2-D point clouds,
-in about a minute on a laptop CPU: for coursework and for checking the paper's claims at toy scale.
+in about a minute and a half on two CPU cores: for coursework and for checking the paper's claims at toy scale.
 
     python train_toy.py                                   # all six methods x 3 seeds, then Tables 1-2, Figure 2
     python train_toy.py --method tr --seeds 1             # one method, one seed (seconds)
@@ -394,8 +394,9 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple[PointSet, Point
 
 def write_summary(cfg: Config, folder, state: dict) -> dict:
     """summary.json (FD) in the run folder and sw/summary.json (sliced Wasserstein), through metrics.py."""
+    summaries = {}
     for sub, key, name in (("", "", "FD"), ("sw", "_sw", "SW_2^2")):
-        summary = metrics.build_summary(
+        summaries[sub] = summary = metrics.build_summary(
             cfg.method, cfg.seed, "toy", task_names(cfg), state["R" + key], False, state["curve" + key],
             state["transitions"], metrics.FID_THRESHOLDS,
             extra={"score": name, "eval_per_class": cfg.eval_per_class, "ddim_steps": cfg.ddim_steps,
@@ -403,9 +404,7 @@ def write_summary(cfg: Config, folder, state: dict) -> dict:
         # metrics.write_run_outputs without its per-run Figure 2: 36 matplotlib figures would double the run time
         metrics.atomic_write_json(os.path.join(folder.out, sub, "summary.json"), summary)
         metrics.atomic_write_text(os.path.join(folder.out, sub, "summary.md"), metrics.summary_markdown(summary))
-        if not sub:
-            result = summary
-    return result
+    return summaries[""]
 
 # ----------------------------------------------------------------------------------------------------------------
 # entry point: every run in its own folder (in parallel processes), then the tables and figures

@@ -62,7 +62,8 @@ def test_summary_is_build_summary_of_the_logged_evaluations(smoke):
         evals = [r for r in records if r["kind"] == "eval"]
         for score, path in (("fd", run / "summary.json"), ("sw", run / "sw" / "summary.json")):
             saved = json.loads(path.read_text())
-            curve = [(r["global_step"], r["in_task_step"], r["task"], r[score]) for r in records if r["kind"] == "curve"]
+            curve = [(r["global_step"], r["in_task_step"], r["task"], r[score])
+                     for r in records if r["kind"] == "curve"]
             rebuilt = metrics.build_summary(saved["method"], saved["seed"], "toy", saved["task_names"],
                                             [r[score] for r in evals], False, curve,
                                             [r["global_step"] for r in evals[:-1]], metrics.FID_THRESHOLDS,
