@@ -271,13 +271,14 @@ class RunFolder:
 # steps every continual loop takes the same way
 
 
-def start(folder: RunFolder, cfg, model, sched):
+def start(folder: RunFolder, cfg, model, sched, state: dict | None = None):
     """(learner, replay pool, teacher, loop state) of a run: built fresh, or restored from the folder's checkpoint.
     Begins the folder (config.json, metrics.jsonl). The loop state: task and step to do next, global_step, the rows
-    of R, the evaluation curves {task: [(global_step, in_task_step, training_task, score)]}, the transitions."""
+    of R, the evaluation curves {task: [(global_step, in_task_step, training_task, score)]}, the transitions (a
+    script that keeps more, e.g. a second score, passes its own initial `state`)."""
     learner = meta_baselines.make_learner(cfg.method, model, sched, cfg)
     pool, teacher = replay.ReplayPool(), None
-    state = {"task": 0, "step": 0, "global_step": 0, "R": [], "curves": {}, "transitions": []}
+    state = state or {"task": 0, "step": 0, "global_step": 0, "R": [], "curves": {}, "transitions": []}
     if folder.checkpoint is not None:
         state, teacher = restore(folder.checkpoint, model, learner, pool)
         print(f"resuming {folder.out} at task {state['task'] + 1}, step {state['step']}")

@@ -57,11 +57,11 @@ import sys
 
 import numpy as np
 
-EXPERIMENTS = ("cw10", "imagenet")
+EXPERIMENTS = ("cw10", "imagenet", "toy")
 METHOD_ORDER = ("finetune", "ewc", "replay", "ftml", "vrmcl", "tr")  # paper Table 1 row order
 DISPLAY_NAMES = {"finetune": "Finetuning", "ewc": "EWC", "replay": "Replay", "ftml": "FTML", "vrmcl": "VRMCL",
                  "tr": "Trust Region"}
-EXPERIMENT_TITLES = {"cw10": "CW10", "imagenet": "ImageNet-500"}
+EXPERIMENT_TITLES = {"cw10": "CW10", "imagenet": "ImageNet-500", "toy": "2-D toy"}
 SUCCESS_THRESHOLDS = (0.99, 0.9, 0.8)  # Table 2 alphas: SR_1 >= alpha * SR_1^(0)
 FID_THRESHOLDS = (0.1, 0.2, 0.3)  # Table 2 taus: FID_1 <= (1 + tau) * FID_1^(0)
 DASH = "—"
@@ -314,11 +314,11 @@ def _pm(values, scale, unit=""):
     return f"{mean:.1f}{unit} ± {DASH if se is None else f'{se:.1f}'}"
 
 
-def table1_markdown(rows, score_name, title="", note=""):
+def table1_markdown(rows, score_name, title="", note="", label="FID"):
     """Paper Table 1 for one experiment. rows: {label: [table1 dict per seed]}; success printed in percent."""
     success = score_name == "success"
     scale, unit = (100.0, "%") if success else (1.0, "")
-    head = ["Method", "SR ↑" if success else "AFID ↓", "F ↓", "seeds"]
+    head = ["Method", "SR ↑" if success else f"A{label} ↓", "F ↓", "seeds"]
     lines = [f"### {title}", ""] if title else []
     lines += [note, ""] if note else []
     lines += ["| " + " | ".join(head) + " |", "|---|---|---|---|"]
@@ -339,7 +339,7 @@ def mean_curve(curves):
     return np.asarray(xs[0]), ys.mean(axis=0), se
 
 
-def plot_figure2(series, transitions, path, ylabel, title, bands=None):
+def plot_figure2(series, transitions, path, ylabel, title, bands=None, log=False):
     """Figure 2: evaluated-task score vs global gradient step, gray dashed lines at task transitions.
 
     series: {label: [(global_step, score), ...]}; bands: optional {label: [se per point]} drawn as mean ± se.
@@ -361,6 +361,8 @@ def plot_figure2(series, transitions, path, ylabel, title, bands=None):
         ax.axvline(step, color="gray", linestyle="--", linewidth=0.8)
     ax.set_xlabel("gradient update steps")
     ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
     ax.set_title(title)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
@@ -409,13 +411,24 @@ def build_summary(method, seed, experiment, task_names, R, higher_is_better, cur
     }
 
 
-def write_run_outputs(out, summary, ylabel, title):
-    """A run's result files: summary.json, summary.md (summary_markdown) and figure2.png (its Task-1 curve)."""
+def score_label(summary):
+    """The score's name in tables and plots: "success rate", or extra["score"] (e.g. the toy's "FD"), else FID or
+    FID-proxy (extra["is_proxy"])."""
+    if summary["higher_is_better"]:
+        return "success rate"
+    extra = summary.get("extra", {})
+    return extra.get("score") or ("FID-proxy" if extra.get("is_proxy") else "FID")
+
+
+def write_run_outputs(out, summary, ylabel=None, title="", figure=True):
+    """A run's result files: summary.json, summary.md (summary_markdown) and, with figure, figure2.png (its
+    Task-1 curve; ylabel defaults to "Task 1 <score_label>")."""
     atomic_write_json(os.path.join(out, "summary.json"), summary)
     atomic_write_text(os.path.join(out, "summary.md"), summary_markdown(summary))
-    if summary["task1_curve"]:
+    if figure and summary["task1_curve"]:
         plot_figure2({DISPLAY_NAMES.get(summary["method"], summary["method"]): summary["task1_curve"]},
-                     summary["transitions"], os.path.join(out, "figure2.png"), ylabel, title)
+                     summary["transitions"], os.path.join(out, "figure2.png"),
+                     ylabel or f"Task 1 {score_label(summary)}", title)
 
 
 def summary_markdown(summary):
@@ -431,7 +444,7 @@ def summary_markdown(summary):
         cells = [DASH if v is None else f"{v * scale:.1f}" for v in row]
         lines.append(f"| {names[i]} | " + " | ".join(cells) + " |")
     label = DISPLAY_NAMES.get(summary["method"], summary["method"])
-    lines += ["", table1_markdown({label: [summary]}, summary["score_name"])]
+    lines += ["", table1_markdown({label: [summary]}, summary["score_name"], label=score_label(summary))]
     for task, table in summary["reconvergence"].items():
         lines.append(table2_markdown({label: [table]}, summary["thresholds"], summary["higher_is_better"],
                                      title=f"Task {task[1:]}"))
@@ -513,7 +526,8 @@ def aggregate(run_dirs, out_dir):
             title += f" [dataset: {extra['dataset']}]"
         note = (f"FID-proxy (extractor {extra.get('extractor')}): not comparable to published FID."
                 if extra.get("is_proxy") else "")
-        t1.append(table1_markdown({name(m): ss for m, ss in by_method.items()}, first["score_name"], title, note))
+        t1.append(table1_markdown({name(m): ss for m, ss in by_method.items()}, first["score_name"], title, note,
+                                  score_label(first)))
         t2.append(f"# Table 2 ({title})\n")
         evaluated = set.intersection(*[set(s["reconvergence"]) for ss in by_method.values() for s in ss])
         for task in sorted(evaluated, key=lambda n: int(n[1:])):
@@ -529,8 +543,10 @@ def aggregate(run_dirs, out_dir):
                 xs, mean, se = agg
                 series[name(m)], bands[name(m)] = list(zip(xs, mean)), se
         png = os.path.join(out_dir, f"figure2_{experiment}.png")
-        ylabel = "Task 1 success rate" if hib else f"Task 1 {'FID-proxy' if extra.get('is_proxy') else 'FID'}"
-        plot_figure2(series, first["transitions"], png, ylabel, f"{title}: Task 1 over continual training", bands)
+        ys = [y for points in series.values() for _, y in points]
+        log = not hib and min(ys) > 0 and max(ys) > 20 * min(ys)  # scores spanning decades: a log axis
+        plot_figure2(series, first["transitions"], png, f"Task 1 {score_label(first)}",
+                     f"{title}: Task 1 over continual training", bands, log=log)
         written.append(png)
     atomic_write_text(os.path.join(out_dir, "table1.md"), "\n".join(t1))
     atomic_write_text(os.path.join(out_dir, "table2.md"), "\n".join(t2))

@@ -46,7 +46,7 @@ import multiprocessing
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -62,12 +62,6 @@ import meta_baselines
 import metrics
 import replay
 import unet
-
-# metrics.py lists the experiments "cw10" and "imagenet"; until it lists the toy, the toy registers itself: a
-# FID-like score (lower is better) titled "2-D toy" in Tables 1-2 and Figure 2.
-if "toy" not in metrics.EXPERIMENTS:
-    metrics.EXPERIMENTS = (*metrics.EXPERIMENTS, "toy")
-    metrics.EXPERIMENT_TITLES.setdefault("toy", "2-D toy")
 
 # ----------------------------------------------------------------------------------------------------------------
 # configuration
@@ -286,28 +280,14 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple[PointSet, Point
     sched, steps = diffusion.Schedule(), cfg.steps_per_task
     torch.manual_seed(cfg.seed)  # parameter init (the only use of the global RNG)
     model = ToyDenoiser(cfg.num_tasks * cfg.classes_per_task, cfg.hidden).to(device)
-    learner = meta_baselines.make_learner(cfg.method, model, sched, cfg)
-    pool, teacher = replay.ReplayPool(), None
     state = {"task": 0, "step": 0, "global_step": 0, "R": [], "R_sw": [], "curve": [], "curve_sw": [],
              "transitions": []}
-    if folder.checkpoint is not None:
-        ck = folder.checkpoint
-        model.load_state_dict(ck["model"])
-        learner.load_state_dict(ck["learner"])
-        pool.load_state_dict(ck["pool"])
-        if ck["teacher"] is not None:
-            teacher = replay.frozen_copy(model)
-            teacher.load_state_dict(ck["teacher"])
-            learner.replay_loss_fn.set_teacher(teacher)
-        state = ck["state"]
-    folder.begin()
+    learner, pool, teacher, state = experiment.start(folder, cfg, model, sched, state)
     log, evaluator = folder.logger.log, Evaluator(cfg, heldout, sched, device)
 
     def save():
         experiment.check_parameters(model, f"task {state['task'] + 1} step {state['step']}")
-        folder.save({"config": asdict(cfg), "state": state, "model": model.state_dict(), "pool": pool.state_dict(),
-                     "learner": learner.state_dict(),
-                     "teacher": None if teacher is None else teacher.state_dict()})
+        folder.save(experiment.checkpoint(cfg, state, model, learner, pool, teacher))
 
     def to_batch(rows: torch.Tensor):  # (x0 (B, 2) in model units, labels (B,)) on the device
         return (train_set.x[rows] / SCALE).to(device), train_set.y[rows].to(device)
@@ -321,21 +301,15 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple[PointSet, Point
     while state["task"] < cfg.num_tasks:
         k = state["task"]
         rows, curve_at = task_rows[k], set(metrics.curve_points(cfg.curve, steps))
-        bar = tqdm(range(steps), desc=f"{cfg.method} s{cfg.seed} task {k + 1}/{cfg.num_tasks}", leave=False,
+        bar = tqdm(range(state["step"], steps), desc=f"{cfg.method} s{cfg.seed} task {k + 1}/{cfg.num_tasks}",
+                   leave=False,
                    disable=not cfg.progress)
         for s in bar:
             g = experiment.generator(cfg.seed, k, s, STREAM_TRAIN)
             batch = to_batch(rows[torch.randint(len(rows), (cfg.batch_size,), generator=g)])
             replay_batch = pool.sample(round(cfg.replay_ratio * cfg.batch_size), g, device) if len(pool) else None
-            log_now = (s + 1) % cfg.log_every == 0
-            logs = learner.step(batch, replay_batch, experiment.generator(cfg.seed, k, s, STREAM_NOISE, device=device),
-                                log_terms=log_now)
-            state["step"], state["global_step"], folder.step = s + 1, state["global_step"] + 1, s + 1
-            if log_now:
-                experiment.check_finite(f"task {k + 1} step {s + 1}", logs)
-                logs = {name: float(v) for name, v in logs.items()}
-                bar.set_postfix(loss=f"{logs['loss']:.4f}")
-                log({"kind": "train", "global_step": state["global_step"], "task": k, "step": s + 1, **logs})
+            noise = experiment.generator(cfg.seed, k, s, STREAM_NOISE, device=device)
+            experiment.train_step(learner, batch, replay_batch, noise, state, folder, bar, cfg.log_every)
             if s + 1 in curve_at:  # Figure 2: Task 1 at metrics.eval_schedule's in-task steps
                 fd, sw, _, _ = evaluate(0)
                 state["curve"].append((state["global_step"], s + 1, k, fd))
@@ -365,10 +339,7 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple[PointSet, Point
                     model, sched, lambda idx: to_batch(rows[idx]), len(rows), cfg.fisher_samples, cfg.fisher_batch,
                     experiment.generator(cfg.seed, k, STREAM_FISHER),
                     experiment.generator(cfg.seed, k, STREAM_FISHER, 1, device=device), cfg.fisher, cfg.progress)
-                experiment.check_finite(f"task {k + 1} Fisher", F.scalars())
-                learner.add_fisher(F)
-                log({"kind": "fisher", "global_step": state["global_step"], "task": k, **F.scalars(),
-                     "diagnostics": F.diagnostics})
+                experiment.add_fisher(learner, F, log, k, state["global_step"])
             if meta_baselines.uses_replay(cfg.method):
                 teacher = replay.frozen_copy(model)
                 learner.replay_loss_fn.set_teacher(teacher)
@@ -401,9 +372,8 @@ def write_summary(cfg: Config, folder, state: dict) -> dict:
             state["transitions"], metrics.FID_THRESHOLDS,
             extra={"score": name, "eval_per_class": cfg.eval_per_class, "ddim_steps": cfg.ddim_steps,
                    "fisher": cfg.fisher, "lam": cfg.lam})
-        # metrics.write_run_outputs without its per-run Figure 2: 36 matplotlib figures would double the run time
-        metrics.atomic_write_json(os.path.join(folder.out, sub, "summary.json"), summary)
-        metrics.atomic_write_text(os.path.join(folder.out, sub, "summary.md"), metrics.summary_markdown(summary))
+        # no per-run Figure 2: 36 matplotlib figures would double the run time (the aggregate draws Figure 2)
+        metrics.write_run_outputs(os.path.join(folder.out, sub), summary, figure=False)
     return summaries[""]
 
 # ----------------------------------------------------------------------------------------------------------------
