@@ -156,8 +156,8 @@ def check_finite(where: str, values: dict) -> None:
         return
     flat = torch.stack([torch.as_tensor(v, dtype=torch.float64).to("cpu") for v in values.values()])
     if not torch.isfinite(flat).all():
-        bad = [k for k, v in zip(values, flat.tolist()) if not math.isfinite(v)]
-        raise Diverged(f"{where}: non-finite {bad[0]} ({values[bad[0]]}); stopped, the last checkpoint is kept")
+        name, value = next((k, v) for k, v in zip(values, flat.tolist()) if not math.isfinite(v))
+        raise Diverged(f"{where}: non-finite {name} ({value}); stopped, the last checkpoint is kept")
 
 
 def check_parameters(model: torch.nn.Module, where: str) -> None:
@@ -246,7 +246,8 @@ class RunFolder:
                           f"use another --out")
 
     def begin(self) -> None:
-        """The run starts: config.json (the checkpoint's config wins on resume) and metrics.jsonl."""
+        """The run starts: config.json (this command's; on resume it equals the stored one but for runtime fields)
+        and metrics.jsonl (cut back to the checkpoint's global step on resume)."""
         metrics.atomic_write_json(self.path("config.json"), dataclasses.asdict(self.cfg))
         self.logger = metrics.JsonlLogger(self.path("metrics.jsonl"))
         if self.checkpoint is not None:
