@@ -1,6 +1,10 @@
 """Continual World 10 data for train_cw10.py: Meta-World environments, scripted-expert demonstrations, training
 windows and batched receding-horizon rollouts (paper Section 4.2, Appendix C.2; reference notes §4-5).
 
+Where the time goes: expert demonstrations are collected by a pool of worker processes (`collect_demos`, Config
+`workers`); the rollouts' environments are stepped in this process or by worker processes (`EnvPool`, Config
+`env_workers`), with the same results; the policy itself runs in this process, batched over all episodes.
+
 Why a module of its own: this is the environment side of the CW10 experiment (about as long as the training
 script itself); train_cw10.py keeps the configuration and the continual loop, which then read in one piece.
 
@@ -22,8 +26,10 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import signal
 import time
 import warnings
+import weakref
 import zlib
 
 import numpy as np
@@ -247,7 +253,7 @@ class WindowDataset:
 
     def get(self, idx: torch.Tensor):
         """Windows idx (B,) -> (x0 (B, S, 4), cond (B, O, 39))."""
-        idx = idx.to(self.obs.device)
+        idx = idx.to(self.obs.device, non_blocking=True)  # no stream sync per training step on CUDA
         e, start = idx // self.per_episode, idx % self.per_episode  # padded start = s + O - 1
         t = start[:, None] + torch.arange(self.S, device=idx.device)  # (B, S)
         return self.actions[e[:, None], t], self.obs[e[:, None], t[:, : self.O]]  # (B, S, 4), (B, O, 39)
@@ -263,12 +269,118 @@ def task_dataset(cfg, task: str, lo, hi, device) -> WindowDataset:
                          cfg.action_chunk)
 
 # ----------------------------------------------------------------------------------------------------------------
+# environments stepped in lock step, in this process or in worker processes
+
+
+class EnvGroup:
+    """Episodes of one task, one environment each, reset and stepped together: the work of one process."""
+
+    def __init__(self, max_path_length: int):
+        self.cache, self.envs = EnvCache(max_path_length), []
+
+    def reset(self, task: str, seeds) -> np.ndarray:
+        """Start one episode per seed; returns the first observations (m, 39)."""
+        self.envs = self.cache.get(task, len(seeds))
+        self.obs = np.stack([reset_env(env, s) for env, s in zip(self.envs, seeds)])  # (m, 39)
+        self.success = np.zeros(len(seeds), bool)
+        return self.obs.copy()
+
+    def step(self, actions: np.ndarray, stop_on_success: bool):
+        """Execute actions (m, J, 4), step j for all episodes before step j + 1. Returns the observations after
+        each step (J, m, 39) and success so far (m,): any step had info["success"] (Continual World's rule). With
+        stop_on_success, an episode that has succeeded is not stepped any more (its observation stays)."""
+        out = np.empty((actions.shape[1], *self.obs.shape), self.obs.dtype)  # (J, m, 39)
+        for j in range(actions.shape[1]):
+            for i, env in enumerate(self.envs):
+                if not (stop_on_success and self.success[i]):
+                    self.obs[i], _, _, _, info = env.step(actions[i, j])
+                    self.success[i] |= bool(info["success"])
+            out[j] = self.obs
+        return out, self.success.copy()
+
+
+def _env_worker(conn, max_path_length: int) -> None:
+    """A worker process of EnvPool: one EnvGroup that runs the commands it receives until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    group = EnvGroup(max_path_length)
+    while True:
+        try:
+            method, args = conn.recv()
+        except EOFError:
+            return
+        try:
+            conn.send((True, getattr(group, method)(*args)))
+        except Exception as e:  # reported in the main process, which raises it
+            conn.send((False, f"{type(e).__name__}: {e}"))
+
+
+def _close_workers(conns, procs) -> None:
+    for conn in conns:
+        conn.close()  # the worker's recv raises EOFError: it returns
+    for proc in procs:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.terminate()
+
+
+class EnvPool:
+    """n episodes of one task in lock step: reset(task, seeds) -> obs (n, 39); step(actions (n, J, 4),
+    stop_on_success) -> (obs (J, n, 39), success (n,)); EnvGroup's semantics.
+
+    workers = 0: one EnvGroup in this process. workers > 0: that many spawned processes, each with its own
+    EnvGroup; the episodes are split into contiguous groups (np.array_split) and the results concatenated back in
+    order. Every episode runs in its own environment, seeded by reset_env before it starts, so both give
+    identical results for the same seeds (tests/test_speed.py). Environments are built in the process that steps
+    them and kept between rollouts (EnvCache); the workers end when the pool is closed or garbage collected.
+    """
+
+    def __init__(self, workers: int, max_path_length: int):
+        self.local = EnvGroup(max_path_length) if workers == 0 else None
+        self.conns, procs, ctx = [], [], multiprocessing.get_context("spawn")
+        for _ in range(workers):
+            conn, child = ctx.Pipe()
+            procs.append(ctx.Process(target=_env_worker, args=(child, max_path_length), daemon=True))
+            procs[-1].start()
+            child.close()
+            self.conns.append(conn)
+        self.sizes = []  # episodes per group of the current rollout
+        self.close = weakref.finalize(self, _close_workers, self.conns, procs)
+
+    def _call(self, method: str, args: list[tuple]) -> list:
+        """method(*args[g]) on group g, all groups at once; the results in group order."""
+        if self.local is not None:
+            return [getattr(self.local, method)(*args[0])]
+        for conn, a in zip(self.conns, args):
+            conn.send((method, a))
+        replies = []
+        for g, conn in enumerate(self.conns[: len(args)]):
+            try:
+                replies.append(conn.recv())  # every reply is read before raising: the pipes stay in step
+            except (EOFError, OSError):  # the pipe closed: the process is gone
+                raise RuntimeError(f"environment worker {g} died") from None
+        for g, (ok, value) in enumerate(replies):
+            if not ok:
+                raise RuntimeError(f"environment worker {g}: {value}")
+        return [value for _, value in replies]
+
+    def reset(self, task: str, seeds) -> np.ndarray:
+        seeds = np.asarray(seeds)
+        groups = [seeds] if self.local is not None else [s for s in np.array_split(seeds, len(self.conns)) if len(s)]
+        self.sizes = [len(s) for s in groups]
+        return np.concatenate(self._call("reset", [(task, s) for s in groups]))  # (n, 39)
+
+    def step(self, actions: np.ndarray, stop_on_success: bool):
+        parts = np.split(actions, np.cumsum(self.sizes)[:-1])  # (n_g, J, 4) per group
+        results = self._call("step", [(a, stop_on_success) for a in parts])
+        return np.concatenate([o for o, _ in results], axis=1), np.concatenate([s for _, s in results])
+
+# ----------------------------------------------------------------------------------------------------------------
 # batched receding-horizon rollouts
 
 
 @torch.no_grad()
-def rollout(model, sched, envs, seeds, cfg, lo, hi, generator, device, record: bool = False):
-    """Run len(envs) episodes in lock step: one DDIM policy call per re-planning step for all of them.
+def rollout(model, sched, envs: EnvPool, task: str, seeds, cfg, lo, hi, generator, device, record: bool = False):
+    """Run len(seeds) episodes of `task` in lock step: one DDIM policy call per re-planning step for all of them.
 
     Returns success (n,) bool (any step succeeded) and, if record, the re-planning windows
     (cond (n, R, O, 39) normalised, x0 (n, R, S, 4) the sampled action sequences), R = ceil(T / A).
@@ -276,8 +388,8 @@ def rollout(model, sched, envs, seeds, cfg, lo, hi, generator, device, record: b
     result) and the rollout ends once all have succeeded; the policy is still called on all n episodes, so
     the DDIM noise drawn for the others does not change.
     """
-    n, O, A, S, T = len(envs), cfg.obs_horizon, cfg.action_chunk, cfg.horizon, cfg.max_path_length
-    obs = np.stack([reset_env(env, s) for env, s in zip(envs, seeds)])  # (n, 39)
+    n, O, A, S, T = len(seeds), cfg.obs_horizon, cfg.action_chunk, cfg.horizon, cfg.max_path_length
+    obs = envs.reset(task, seeds)  # (n, 39)
     history = np.repeat(obs[:, None], O, axis=1)  # (n, O, 39): the first observation repeated at reset
     success, conds, plans = np.zeros(n, bool), [], []
     for t0 in range(0, T, A):
@@ -290,18 +402,15 @@ def rollout(model, sched, envs, seeds, cfg, lo, hi, generator, device, record: b
         chunk = x0[:, O - 1: O - 1 + A].cpu().numpy().astype(np.float64)  # (n, A, 4): executed a_t..a_{t+A-1}
         if not np.isfinite(chunk).all():
             raise experiment.Diverged("the policy returned non-finite actions")
-        for j in range(min(A, T - t0)):
-            for i, env in enumerate(envs):
-                if record or not success[i]:
-                    obs[i], _, _, _, info = env.step(chunk[i, j])
-                    success[i] |= bool(info["success"])
+        obs_seq, success = envs.step(chunk[:, : T - t0], stop_on_success=not record)  # (J, n, 39), J = min(A, T-t0)
+        for obs in obs_seq:
             history = np.concatenate([history[:, 1:], obs[:, None]], axis=1)  # (n, O, 39)
         if not record and success.all():
             break
     return success, (torch.stack(conds, 1), torch.stack(plans, 1)) if record else None  # (n,R,O,39), (n,R,S,4)
 
 
-def run_episodes(model, sched, cfg, task, n, kind, generator, env_cache, lo, hi, device, record=False):
+def run_episodes(model, sched, cfg, task, n, kind, generator, envs: EnvPool, lo, hi, device, record=False):
     """n episodes of `task` in batches of rollout_batch, with the episode seeds of `kind`."""
     was_training = model.training
     model.eval()
@@ -309,7 +418,7 @@ def run_episodes(model, sched, cfg, task, n, kind, generator, env_cache, lo, hi,
     for start in range(0, n, cfg.rollout_batch):
         m = min(cfg.rollout_batch, n - start)
         seeds = episode_seeds(kind, cfg.seed if kind == EPISODES_REPLAY else 0, task, start, m)
-        ok, rec = rollout(model, sched, env_cache.get(task, m), seeds, cfg, lo, hi, generator, device, record)
+        ok, rec = rollout(model, sched, envs, task, seeds, cfg, lo, hi, generator, device, record)
         successes.append(ok)
         records.append(rec)
     model.train(was_training)

@@ -31,7 +31,8 @@ Seq-CIFAR-10; the argparse default in `models/vrmcl.py` is 0.8 but the flag is r
 not report r.
 
 Benchmark: `python meta_baselines.py --bench [--device cuda] [--model unet1d_paper] [--batch 128]` times one
-training step of every method (and of FTML / VR-MCL with --second-order) against finetune; see the README.
+training step of every method (and of FTML / VR-MCL with --second-order) against finetune; --compile MODE adds
+each method compiled (compile_denoiser), --sync each method reading its logs after every step; results/*/README.md.
 
 Deviations from the paper / the original methods:
   - VR-MCL's official code applies m_b with plain SGD (`p -= s_lr * m`, s_lr 0.35, `--asyn_update`), and
@@ -132,7 +133,8 @@ class FTMLLearner:
         self.model, self.loss_fn, self.replay_loss_fn = model, loss_fn, replay_loss_fn
         self.inner_lr, self.beta, self.second_order, self.grad_clip = inner_lr, beta, second_order, grad_clip
         self.named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        self.optimizer = torch.optim.Adam(list(self.named.values()), lr=lr)  # outer Adam, Tables 3-4
+        params = list(self.named.values())
+        self.optimizer = torch.optim.Adam(params, lr=lr, fused=params[0].is_cuda)  # outer Adam, Tables 3-4
 
     def _meta_gradient(self, params, batch, replay_batch, generator):
         if replay_batch is not None and self.replay_loss_fn is None:
@@ -264,6 +266,34 @@ def make_learner(method, model, sched, cfg):
 
 
 # --------------------------------------------------------------------------------------------------
+# The fast path: the denoiser compiled (issue 11)
+
+
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead")
+
+
+def compile_denoiser(model, mode="auto"):
+    """Compile `model`'s forward in place with torch.compile (nn.Module.compile); returns the mode used ("off": eager).
+
+    auto: "reduce-overhead" (CUDA graphs, for a launch-bound step) on CUDA, "off" on the CPU, where compiling takes
+    minutes and gives little (results/cpu_speed). In place, so parameters, state_dict keys and the learners'
+    optimizers are unchanged, and every call model(x_t, t, cond) runs the compiled code: the training step of
+    every method (forward and backward; FTML / VR-MCL through functional_call), the replay teacher, and each
+    network call of DDIM sampling (rollouts, replay generation, FID samples). Not covered: torch.func transforms
+    (the Fisher's jvp and vmap), which callers run under torch.compiler.set_stance("force_eager"), and
+    replay.frozen_copy, whose copy is eager (callers compile it again). The eager step is the reference:
+    tests/test_speed.py checks that both give the same parameters after a few steps of every method.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; choose one of {COMPILE_MODES}")
+    if mode == "auto":
+        mode = "reduce-overhead" if next(model.parameters()).device.type == "cuda" else "off"
+    if mode != "off":
+        model.compile(mode=mode)
+    return mode
+
+
+# --------------------------------------------------------------------------------------------------
 # Benchmark: cost per training step of each method against finetune (Table 6 / Table 7 comparison)
 
 
@@ -277,15 +307,22 @@ BENCH_MODELS = {  # name -> (factory, x0 shape, cond maker (B, generator) -> con
                      lambda b, g: torch.randint(0, 500, (b,), generator=g)),
 }
 BENCH_ROWS = ("finetune", "ewc", "replay", "tr", "ftml", "vrmcl", "ftml --second-order", "vrmcl --second-order")
+# a row with " +compile" runs the method with compile_denoiser(model, compile_mode); " +sync" reads every logged
+# value (float(v)) after every step, the per-step host synchronisation that the training loops avoid
 
 
-def _bench_learner(row, base, sched, old_tasks, device):
+def _bench_learner(row, base, sched, old_tasks, device, compile_mode):
     """A learner for a benchmark row on a fresh copy of `base`, with Fishers and a teacher where needed."""
-    method, second_order = row.split()[0], row.endswith("--second-order")
+    method, second_order = row.split()[0], "--second-order" in row
     model = copy.deepcopy(base)
     learner = make_learner(method, model, sched, argparse.Namespace(lam=1.0, second_order=second_order))
+    if "+compile" in row:
+        compile_denoiser(model, compile_mode)
     if learner.replay_loss_fn is not None:
-        learner.replay_loss_fn.set_teacher(replay.frozen_copy(model))
+        teacher = replay.frozen_copy(model)
+        if "+compile" in row:
+            compile_denoiser(teacher, compile_mode)
+        learner.replay_loss_fn.set_teacher(teacher)
     if uses_fisher(method):  # random rank-1 Fishers: the step costs the same as with estimated ones
         theta = fisher.flat_params(model)
         for k in range(old_tasks):
@@ -294,9 +331,10 @@ def _bench_learner(row, base, sched, old_tasks, device):
     return learner
 
 
-def bench(model_name="unet1d_small", batch_size=32, steps=10, old_tasks=1, device="cpu", rows=BENCH_ROWS):
-    """Median seconds per training step of each row, measured in interleaved rounds (one step of every row
-    per round) so that drift in machine load affects all rows alike. Returns {row: seconds}."""
+def bench(model_name="unet1d_small", batch_size=32, rounds=12, old_tasks=1, device="cpu", rows=BENCH_ROWS,
+          compile_mode="default"):
+    """Seconds of every training step of each row, {row: [seconds per round]}, measured in interleaved rounds (one
+    step of every row per round) so that drift in machine load affects all rows alike."""
     device = torch.device(device)
     factory, shape, make_cond = BENCH_MODELS[model_name]
     torch.manual_seed(0)
@@ -306,9 +344,9 @@ def bench(model_name="unet1d_small", batch_size=32, steps=10, old_tasks=1, devic
     pool = replay.ReplayPool(storage_device=device)  # random stand-in samples: the content does not change cost
     for k in range(old_tasks):
         pool.add(k, torch.randn(4 * batch_size, *shape, generator=g), make_cond(4 * batch_size, g))
-    learners = {row: _bench_learner(row, base, sched, old_tasks, device) for row in rows}
+    learners = {row: _bench_learner(row, base, sched, old_tasks, device, compile_mode) for row in rows}
     times = {row: [] for row in rows}
-    for _ in tqdm(range(steps + 1), desc="bench rounds"):  # round 0 is warm-up
+    for _ in tqdm(range(rounds), desc="bench rounds"):
         batch = (torch.randn(batch_size, *shape, generator=g).to(device), make_cond(batch_size, g).to(device))
         replay_batch = pool.sample(batch_size, g, device)
         for row, learner in learners.items():
@@ -316,11 +354,13 @@ def bench(model_name="unet1d_small", batch_size=32, steps=10, old_tasks=1, devic
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            learner.step(batch, replay_batch if uses_replay(row.split()[0]) else None, step_gen)
+            logs = learner.step(batch, replay_batch if uses_replay(row.split()[0]) else None, step_gen)
+            if "+sync" in row:
+                logs = {name: float(v) for name, v in logs.items()}
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times[row].append(time.perf_counter() - start)
-    return {row: float(torch.tensor(t[1:]).median()) for row, t in times.items()}
+    return times
 
 
 def main(argv=None):
@@ -329,9 +369,14 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--model", default="unet1d_small", choices=sorted(BENCH_MODELS))
     parser.add_argument("--batch", type=int, default=32, help="current batch size (replay batch: the same)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per method (median), after 1 warm-up")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per method (median), after 2 warm-up")
     parser.add_argument("--old-tasks", type=int, default=1, help="past tasks: Fishers and replay pools")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default: all six)")
     parser.add_argument("--no-second-order", action="store_true", help="skip the second-order rows")
+    parser.add_argument("--compile", default="off", choices=[m for m in COMPILE_MODES if m != "auto"],
+                        help="also time every first-order row compiled with this torch.compile mode (+compile rows)")
+    parser.add_argument("--sync", action="store_true", help="also time every row reading its logged values after "
+                                                            "every step (+sync rows: a host sync per step)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if not args.bench:
@@ -340,17 +385,31 @@ def main(argv=None):
         parser.error(f"--batch must be even and >= 2 (support/query split), got {args.batch}")
     if args.steps < 1 or args.old_tasks < 1:
         parser.error("--steps and --old-tasks must be >= 1")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods or any(m not in METHODS for m in methods):
+        parser.error(f"--methods must name methods of {METHODS}, got {args.methods!r}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rows = [r for r in BENCH_ROWS if not (args.no_second_order and r.endswith("--second-order"))]
-    sec = bench(args.model, args.batch, args.steps, args.old_tasks, args.device, rows)
+    rows = [r for r in BENCH_ROWS if r.split()[0] in methods and not (args.no_second_order and "--second" in r)]
+    # torch.compile's autograd does not support the double backward of the second-order rows: eager only
+    rows += [f"{r} +compile" for r in rows if args.compile != "off" and "--second" not in r]
+    rows += [f"{r} +sync" for r in rows if args.sync and "+compile" not in r]
+    times = bench(args.model, args.batch, args.steps + 2, args.old_tasks, args.device, rows, args.compile)
+    # 2 warm-up rounds: compilation, and VR-MCL's first step (without a previous iterate)
+    sec = {row: float(torch.tensor(t[2:]).median()) for row, t in times.items()}
     n_params = sum(p.numel() for p in BENCH_MODELS[args.model][0]().parameters())
     print(f"model {args.model} ({n_params / 1e6:.2f}M params), batch {args.batch} current + {args.batch} replay, "
           f"{args.old_tasks} old task(s), device {args.device}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, fp32, median of {args.steps} interleaved steps")
-    print("| method | ms / step | it/s | x finetune |\n|---|---:|---:|---:|")
+          f"threads {torch.get_num_threads()}, fp32, compile {args.compile}, median of {args.steps} interleaved steps "
+          f"after 2 warm-up steps (their time: compilation)")
+    first = rows[0]
+    print(f"| method | ms / step | it/s | x {first} | x same method (eager, no sync) | warm-up s |\n"
+          f"|---|---:|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row} | {1000 * sec[row]:.1f} | {1 / sec[row]:.2f} | {sec[row] / sec['finetune']:.2f} |")
+        base = row.replace(" +compile", "").replace(" +sync", "")
+        vs_base = f"{sec[row] / sec[base]:.2f}" if row != base else "-"
+        print(f"| {row} | {1000 * sec[row]:.1f} | {1 / sec[row]:.2f} | {sec[row] / sec[first]:.2f} | {vs_base} | "
+              f"{sum(times[row][:2]):.1f} |")
 
 
 if __name__ == "__main__":

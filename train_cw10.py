@@ -6,7 +6,7 @@ Appendix C.2.
     python train_cw10.py --method tr --preset smoke         # seconds; what the tests run
     python train_cw10.py --tasks hammer --curve 250,500,1000 --steps-per-task 1000   # one task, a learning curve
     python train_cw10.py --grid paper --tasks hammer        # Table 5's (S, O, A) grid, single-task runs
-    python train_cw10.py --bench                            # batched vs serial rollouts, demo collection speed
+    python train_cw10.py --bench --env-workers 2            # rollouts: serial, batched, worker processes; demos/s
 Rerun the same command to resume a run that was stopped (Ctrl-C, kill -9): it continues from its last checkpoint
 and writes the same files an uninterrupted run writes. Training steps/s per method: meta_baselines.py --bench.
 
@@ -84,29 +84,38 @@ class Config:
     curve_episodes: int = 50  # rollouts per curve point (Figure 2, Table 2; ours)
     curve_all_tasks: bool = False  # evaluate every seen task on the curve schedule (Appendix D tables)
     rollout_batch: int = 100  # environments stepped together in one batched rollout
+    env_workers: int = 0  # processes stepping the rollout environments (0 = this process; identical results)
     log_every: int = 100  # steps between train records (losses, Eq. 9 term norms, Eq. 6) in metrics.jsonl
     checkpoint_every: int = 2000  # steps between mid-task checkpoints (and one at every task end)
     workers: int = 0  # processes collecting demos (0 = all CPU cores)
     data_dir: str = "data"  # demonstration cache
     device: str = "auto"  # auto | cpu | cuda[:i]
     threads: int = 0  # torch CPU threads (0 = torch's default)
+    compile: str = "auto"  # torch.compile of the denoiser: auto (reduce-overhead on CUDA, off on CPU) | off | default
+    #   | reduce-overhead (meta_baselines.compile_denoiser)
     progress: bool = True  # tqdm bars
 
 
 # fields that do not change the numbers a run produces: they may differ when a run is resumed
-RUNTIME_FIELDS = ("workers", "data_dir", "device", "threads", "progress")
+RUNTIME_FIELDS = ("workers", "env_workers", "data_dir", "device", "threads", "compile", "progress")
 PRESETS = {
     "paper": {},
     "small": dict(model="small", batch_size=32, lr=1e-3, steps_per_task=200, fisher_samples=256, replay_rollouts=5,
                   replay_windows=40, demos_per_task=20, ddim_steps=5, eval_episodes=10, curve="end",
                   curve_episodes=10, rollout_batch=10, log_every=50, checkpoint_every=100),
+    # one H100 with 16 cores, three methods at once (issue 11): the small model at batch 256, compiled (auto).
+    # A first guess, NOT yet run on a GPU (no device time left, 2026-11-25): size it from `gpu_runs.sh bench`
+    "gpu": dict(model="small", batch_size=256, lr=1e-3, steps_per_task=3000, fisher_samples=2048,
+                replay_rollouts=20, replay_windows=40, demos_per_task=100, ddim_steps=10, eval_episodes=20,
+                curve="500,1000,1500,2000,3000", curve_episodes=20, rollout_batch=20, env_workers=4, workers=5,
+                log_every=100, checkpoint_every=1000),
     "smoke": dict(model="tiny", tasks="hammer,push-wall", batch_size=8, steps_per_task=8, fisher_samples=16,
                   replay_rollouts=2, replay_windows=4, demos_per_task=3, demo_keep="all", max_path_length=20,
                   ddim_steps=2, eval_episodes=2, curve_episodes=2, rollout_batch=2, log_every=4,
                   checkpoint_every=3, workers=1, progress=False),
 }
 CHOICES = {"method": meta_baselines.METHODS, "model": tuple(MODELS), "fisher": fisher.FISHER_KINDS,
-           "demo_keep": ("success", "all")}
+           "demo_keep": ("success", "all"), "compile": meta_baselines.COMPILE_MODES}
 STREAM_TRAIN, STREAM_NOISE, STREAM_EVAL, STREAM_FISHER, STREAM_REPLAY = range(5)  # experiment.generator's last key
 
 
@@ -119,7 +128,8 @@ def validate(cfg: Config) -> None:
     experiment.validate_common(cfg, positive=(
         "batch_size", "lr", "steps_per_task", "fisher_samples", "replay_rollouts", "replay_windows", "demos_per_task",
         "max_path_length", "eval_episodes", "curve_episodes", "rollout_batch", "log_every", "checkpoint_every"),
-        non_negative=("lam", "beta", "replay_ratio", "inner_lr", "vr_momentum", "grad_clip", "workers", "threads"))
+        non_negative=("lam", "beta", "replay_ratio", "inner_lr", "vr_momentum", "grad_clip", "workers", "env_workers",
+                      "threads"))
     tasks = task_list(cfg)
     experiment.require(bool(tasks) and len(set(tasks)) == len(tasks),
                        f"--tasks must name distinct tasks: {cfg.tasks!r}")
@@ -154,11 +164,14 @@ def build_model(cfg: Config, device) -> torch.nn.Module:
 def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
     """The continual loop over cfg's tasks in `folder` (resumed from its checkpoint if it has one)."""
     tasks, sched = task_list(cfg), diffusion.Schedule(cfg.train_timesteps)
-    env_cache = cw10_data.EnvCache(cfg.max_path_length)
-    lo, hi = cw10_data.obs_bounds(env_cache.get(tasks[0], 1)[0])
+    envs = cw10_data.EnvPool(cfg.env_workers, cfg.max_path_length)
+    lo, hi = cw10_data.obs_bounds(cw10_data.make_env(tasks[0], cfg.max_path_length))
     torch.manual_seed(cfg.seed)  # parameter init (the only use of the global RNG)
     model = build_model(cfg, device)
     learner, pool, teacher, state = experiment.start(folder, cfg, model, sched)
+    meta_baselines.compile_denoiser(model, cfg.compile)  # in place: parameters and state_dict keys are unchanged
+    if teacher is not None:
+        meta_baselines.compile_denoiser(teacher, cfg.compile)
     log = folder.logger.log
 
     def save():
@@ -169,7 +182,7 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
         """Success rate of task j over n episodes (fixed evaluation seeds, DDIM noise keyed by time and task)."""
         experiment.check_parameters(model, f"task {state['task'] + 1} step {in_task}")
         g = experiment.generator(cfg.seed, state["task"], in_task, STREAM_EVAL, j, device=device)
-        ok, _ = cw10_data.run_episodes(model, sched, cfg, tasks[j], n, cw10_data.EPISODES_EVAL, g, env_cache, lo, hi,
+        ok, _ = cw10_data.run_episodes(model, sched, cfg, tasks[j], n, cw10_data.EPISODES_EVAL, g, envs, lo, hi,
                                        device)
         return float(ok.mean())
 
@@ -211,18 +224,19 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
         log({"kind": "eval", "global_step": state["global_step"], "task": k, "success": row})
         if k + 1 < len(tasks):
             if meta_baselines.uses_fisher(cfg.method):
-                F = fisher.estimate_on_task(
-                    model, sched, data.get, len(data), cfg.fisher_samples, cfg.batch_size,
-                    experiment.generator(cfg.seed, k, STREAM_FISHER),
-                    experiment.generator(cfg.seed, k, STREAM_FISHER, 1, device=device), cfg.fisher, cfg.progress)
+                with torch.compiler.set_stance("force_eager"):  # torch.func transforms on the eager forward
+                    F = fisher.estimate_on_task(
+                        model, sched, data.get, len(data), cfg.fisher_samples, cfg.batch_size,
+                        experiment.generator(cfg.seed, k, STREAM_FISHER),
+                        experiment.generator(cfg.seed, k, STREAM_FISHER, 1, device=device), cfg.fisher, cfg.progress)
                 experiment.add_fisher(learner, F, log, k, state["global_step"])
             if meta_baselines.uses_replay(cfg.method):
-                teacher = replay.frozen_copy(model)
+                teacher = replay.frozen_copy(model)  # an eager copy: compiled below like the model
+                meta_baselines.compile_denoiser(teacher, cfg.compile)
                 learner.replay_loss_fn.set_teacher(teacher)
                 g = experiment.generator(cfg.seed, k, STREAM_REPLAY, device=device)
                 _, records = cw10_data.run_episodes(teacher, sched, cfg, tasks[k], cfg.replay_rollouts,
-                                                    cw10_data.EPISODES_REPLAY, g,
-                                          env_cache, lo, hi, device, record=True)
+                                                    cw10_data.EPISODES_REPLAY, g, envs, lo, hi, device, record=True)
                 cond, x0 = torch.cat([c for c, _ in records]), torch.cat([x for _, x in records])  # (n, R, ...)
                 keep = torch.linspace(0, cond.shape[1] - 1, min(cfg.replay_windows, cond.shape[1])).round().long()
                 pool.add(k, x0[:, keep].flatten(0, 1), cond[:, keep].flatten(0, 1))  # evenly spaced windows
@@ -233,6 +247,7 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
         if state["task"] < len(tasks):
             write_summary(cfg, folder, state, tasks)  # a run cut short keeps a valid summary
     summary = write_summary(cfg, folder, state, tasks)
+    envs.close()
     print(f"done in {time.perf_counter() - start:.0f}s (this process): average success {summary['average']:.3f}, "
           f"forgetting {summary['forgetting']} -> {folder.out}")
     return summary
@@ -289,27 +304,47 @@ def grid(cfg: Config, names: str, out: str, device) -> None:
 
 
 def bench(cfg: Config, device) -> None:
-    """Batched vs one-episode-at-a-time rollouts with this configuration's model, and demo collection speed."""
-    env_cache, sched = cw10_data.EnvCache(cfg.max_path_length), diffusion.Schedule(cfg.train_timesteps)
-    task = task_list(cfg)[0]
+    """rollout_batch evaluation episodes one at a time, batched in this process and batched in env_workers processes
+    (if > 0); demo collection in one process and with `workers`. Environments are built and the denoiser compiled
+    (cfg.compile) before the clock starts; both batched ways run the same episodes with the same noise."""
+    sched, task = diffusion.Schedule(cfg.train_timesteps), task_list(cfg)[0]
     model = build_model(cfg, device)
-    lo, hi = cw10_data.obs_bounds(env_cache.get(task, 1)[0])
-    times = {}
-    for batch in (cfg.rollout_batch, 1):
-        t0 = time.perf_counter()
-        cw10_data.run_episodes(model, sched, dataclasses.replace(cfg, rollout_batch=batch), task, cfg.rollout_batch,
-                     cw10_data.EPISODES_EVAL, torch.Generator(device).manual_seed(0), env_cache, lo, hi, device)
-        times[batch] = time.perf_counter() - t0
-    print(f"rollouts ({cfg.rollout_batch} {task} episodes x {cfg.max_path_length} steps, DDIM {cfg.ddim_steps}, "
-          f"model {cfg.model}, {device}): batched {times[cfg.rollout_batch]:.1f}s, one at a time {times[1]:.1f}s, "
-          f"{times[1] / times[cfg.rollout_batch]:.2f}x")
-    c = dataclasses.replace(cfg, demo_keep="all", workers=cfg.workers or os.cpu_count() or 1)
-    c = dataclasses.replace(c, demos_per_task=max(4 * c.workers, 8), progress=False)
-    t0 = time.perf_counter()
-    cw10_data.collect_demos(c, task)
-    rate = c.demos_per_task / (time.perf_counter() - t0)
-    print(f"demo collection ({c.demos_per_task} {task} episodes, {c.workers} workers): {rate:.2f} episodes/s, "
-          f"10 x 2,500 demos in {25_000 / rate / 60:.0f} min")
+    mode = meta_baselines.compile_denoiser(model, cfg.compile)
+    lo, hi = cw10_data.obs_bounds(cw10_data.make_env(task, cfg.max_path_length))
+    par = f"batched in {cfg.env_workers} env workers"
+    ways = {"one at a time": (1, 0), "batched": (cfg.rollout_batch, 0)}
+    if cfg.env_workers:
+        ways[par] = (cfg.rollout_batch, cfg.env_workers)
+    seconds, success = {}, {}
+    for name, (batch, workers) in ways.items():
+        c, envs = dataclasses.replace(cfg, rollout_batch=batch), cw10_data.EnvPool(workers, cfg.max_path_length)
+        for T in (c.action_chunk, c.max_path_length):  # warm-up (one re-plan: build, compile), then timed
+            t0 = time.perf_counter()
+            success[name], _ = cw10_data.run_episodes(
+                model, sched, dataclasses.replace(c, max_path_length=T), task, cfg.rollout_batch,
+                cw10_data.EPISODES_EVAL, torch.Generator(device).manual_seed(0), envs, lo, hi, device)
+            seconds[name] = time.perf_counter() - t0
+        envs.close()
+    print(f"rollouts ({cfg.rollout_batch} {task} episodes x {cfg.max_path_length} steps, DDIM {cfg.ddim_steps}, model "
+          f"{cfg.model}, {device}, compile {mode}): " + ", ".join(
+              f"{name} {s:.1f}s ({seconds['one at a time'] / s:.2f}x)" for name, s in seconds.items())
+          + (f"; env workers / batched {seconds['batched'] / seconds[par]:.2f}x, same successes: "
+             f"{np.array_equal(success[par], success['batched'])}" if cfg.env_workers else ""))
+    workers = cfg.workers or os.cpu_count() or 1
+    sizes, rate, start = (4 * workers, 12 * workers), {}, {}
+    for w in sorted({1, workers}):  # two sizes: the difference of the wall times is free of the pool's start
+        wall = []
+        for n in sizes:
+            t0 = time.perf_counter()
+            cw10_data.collect_demos(dataclasses.replace(cfg, demo_keep="all", workers=w, demos_per_task=n,
+                                                        progress=False), task)
+            wall.append(time.perf_counter() - t0)
+        rate[w] = (sizes[1] - sizes[0]) / (wall[1] - wall[0])
+        start[w] = wall[0] - sizes[0] / rate[w]
+    print(f"demo collection ({task}, {cfg.max_path_length} steps per episode; {sizes[0]} and {sizes[1]} episodes): "
+          + ", ".join(f"{w} worker{'s' * (w > 1)} {rate[w]:.2f} episodes/s + {start[w]:.1f}s start" for w in rate)
+          + f" ({rate[workers] / rate[1]:.2f}x); 10 tasks x 2,500 demos in "
+            f"{10 * (start[workers] + 2500 / rate[workers]) / 60:.0f} min")
 
 # ----------------------------------------------------------------------------------------------------------------
 # entry point
@@ -319,7 +354,8 @@ def main(argv=None) -> None:
     cfg, args = experiment.parse_config(Config, PRESETS, argv, __doc__.split("\n\n")[0], CHOICES, extra=[
         ("--grid", dict(default="", help="Table 5: 'paper' or names like S8_O6_A2,S8_O4_A4; single-task runs of "
                                          "--tasks, then OUT/table5.md")),
-        ("--bench", dict(action="store_true", help="time batched vs serial rollouts and demo collection, then exit"))])
+        ("--bench", dict(action="store_true", help="time rollouts (one at a time, batched, env workers) and demo "
+                                                   "collection, then exit"))])
     validate(cfg)
     device = experiment.setup_torch(cfg.device, cfg.threads)
     if args.bench:

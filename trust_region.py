@@ -172,7 +172,7 @@ class TrustRegionLearner:
         self.model, self.loss_fn, self.replay_loss_fn = model, loss_fn, replay_loss_fn
         self.beta, self.lam, self.grad_clip = beta, lam, grad_clip
         self.params = params_list(model)
-        self.opt = torch.optim.Adam(self.params, lr=lr)
+        self.opt = torch.optim.Adam(self.params, lr=lr, fused=self.params[0].is_cuda)  # fused: one kernel on CUDA
         self.fishers: list[Rank1Fisher | DiagonalFisher] = []
         self.penalty: Rank1Penalty | DiagonalPenalty | None = None
 
@@ -209,7 +209,7 @@ class TrustRegionLearner:
             loss = loss + self.beta * L_rep
             logs["loss_replay"] = L_rep.detach()
         if log_terms:
-            gA = torch.autograd.grad(L_cur, self.params, retain_graph=use_replay)           # (A)
+            gA = torch.autograd.grad(L_cur, self.params)                                    # (A)
             logs["norm_A"] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gA)))
             for p, a in zip(self.params, gA):
                 p.grad = a

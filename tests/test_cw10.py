@@ -123,10 +123,10 @@ class CountingPolicy(torch.nn.Module):
 def test_rollout_one_policy_call_per_replan_for_all_episodes():
     cfg = cw.Config(**cw.PRESETS["smoke"])
     n, policy = 3, CountingPolicy()
-    envs = [cw10_data.make_env("hammer", cfg.max_path_length) for _ in range(n)]
-    lo, hi = cw10_data.obs_bounds(envs[0])
-    ok, (cond, x0) = cw10_data.rollout(policy, cw.diffusion.Schedule(), envs, [1, 2, 3], cfg, lo, hi,
-                               torch.Generator().manual_seed(0), torch.device("cpu"), record=True)
+    envs = cw10_data.EnvPool(0, cfg.max_path_length)
+    lo, hi = cw10_data.obs_bounds(cw10_data.make_env("hammer", cfg.max_path_length))
+    ok, (cond, x0) = cw10_data.rollout(policy, cw.diffusion.Schedule(), envs, "hammer", [1, 2, 3], cfg, lo, hi,
+                                       torch.Generator().manual_seed(0), torch.device("cpu"), record=True)
     replans = -(-cfg.max_path_length // cfg.action_chunk)
     assert len(policy.calls) == replans * cfg.ddim_steps  # one batched call per DDIM step per re-plan
     assert all(b == n for b, _ in policy.calls)

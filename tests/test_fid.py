@@ -283,6 +283,28 @@ def test_proxy_ranks_degradations():
     assert base < noised[0] < noised[1] < noised[2] < noise
 
 
+def test_proxy_on_shapes_falls_as_images_approach_the_real_ones(size=16):
+    """On the shapes data of the CPU presets (task 1: 10 classes, 30 each, 16x16, against held-out images): the proxy
+    falls monotonically as noise or blur on real training images shrinks, and another task's classes (another
+    colour) score far above real images. Catches a proxy blind to colour or texture (a dropped colour channel, all
+    filters DC-free, features from the spatial mean only) or one with the ranking reversed."""
+    import image_data
+    ext = fid.FeatureExtractor(fid.RandomConvFeatures(), fid.PROXY_NAME, 256, "cpu")
+    shapes = lambda split, first, n: image_data.downsample(                                # noqa: E731
+        image_data.make_shapes(0, first + 10, n, split).images[first * n:], size)      # (10 n, 3, S, S)
+    ref = fid.Stats.from_features(ext.features(shapes(1, 0, 30)), ext.name)
+    real = shapes(0, 0, 30)
+
+    def score(images):
+        return fid.fid_from_stats(fid.Stats.from_features(ext.features(images), ext.name), ref, fast=True).value
+
+    noised = [score(add_noise(real, s)) for s in (0.3, 0.1)]
+    blurred = [score(gaussian_blur(real, s)) for s in (1.5, 0.7)]
+    base = score(real)
+    assert noised[0] > noised[1] > base and blurred[0] > blurred[1] > base
+    assert score(shapes(0, 10, 30)) > max(noised[0], blurred[0], 20 * base)
+
+
 def test_proxy_is_fixed_and_input_conventions():
     a, b = fid.RandomConvFeatures(), fid.RandomConvFeatures()
     torch.testing.assert_close(a.w2, b.w2, rtol=0, atol=0)

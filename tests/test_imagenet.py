@@ -77,6 +77,14 @@ def _imagenet_args(root):
     return ["--preset", "smoke", "--dataset", "imagenet32", "--data-dir", str(root), "--classes-per-task", "3"]
 
 
+@pytest.mark.parametrize("argv, expect", [
+    (["--preset", "smoke", "--image-size", "12"], "shapes may be 8, 16 or 32"),
+    (["--preset", "smoke", "--dataset", "imagenet32", "--image-size", "16"], "imagenet32 is 32x32"),
+])
+def test_bad_image_size_is_one_line_exit_2(tmp_path, capsys, argv, expect):
+    assert expect in _bad_input(tmp_path, capsys, argv)
+
+
 def test_missing_data_folder_says_where_to_get_it(tmp_path, capsys):
     err = _bad_input(tmp_path, capsys, ["--preset", "smoke", "--dataset", "imagenet32", "--data-dir",
                                         str(tmp_path / "nope")])
@@ -207,8 +215,8 @@ def _check_run(out, method):
     assert summary["R"][0][1] is None and all(isinstance(v, float) for v in summary["R"][1])
     assert summary["transitions"] == [4] and len(summary["task1_curve"]) == 4  # steps 2 and 4 of each task
     assert set(summary["reconvergence"]["T1"]) == {"0.1", "0.2", "0.3"}
-    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "figure2.png", "summary.md",
-                 "samples_after_task01.png", "samples_after_task02.png"):
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "figure2.png", "summary.md", "samples.npz",
+                 "samples_after_task01.png", "samples_after_task02.png", "samples_task01_curve.png"):
         assert (out / name).is_file(), name
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["config"]["method"] == method and ckpt["state"]["task"] == 2
@@ -231,6 +239,48 @@ def test_smoke_ewc_with_the_diagonal_fisher(tmp_path):
     fisher = [r for r in records if r["kind"] == "fisher"]
     assert len(fisher) == 1 and fisher[0]["trace"] > 0 and "rho" not in fisher[0]
     assert [r["trust_region"] > 0 for r in records if r["kind"] == "train" and r["task"] == 1] == [True, True]
+
+
+def test_task_grids_keep_the_sampler_noise_and_compare_lines_runs_up(tmp_path, tr_run):
+    """samples.npz: after task i, every seen task's first classes (one image each); the Task-1 images after task 1
+    are the ones the boundary drew then (checkpointed state, not redrawn); --compare puts runs in rows. Catches a
+    grid that regenerates old moments from the current model (forgetting could not show), or one class repeated."""
+    with np.load(tr_run / "samples.npz") as z:
+        assert sorted(z.files) == ["after1", "after2"]
+        assert z["after1"].shape == (1, 2, 3, 32, 32) and z["after2"].shape == (2, 2, 3, 32, 32)
+        assert z["after1"].dtype == np.uint8
+        ck = torch.load(tr_run / "checkpoint.pt", weights_only=False)
+        assert np.array_equal(ck["state"]["samples"][0][0], z["after1"][0])
+    png = tmp_path / "compare.png"
+    proc = subprocess.run([sys.executable, str(ROOT / "train_imagenet.py"), "--compare", str(tr_run), str(tr_run),
+                           "--out", str(png)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and png.is_file(), proc.stderr
+    proc = subprocess.run([sys.executable, str(ROOT / "train_imagenet.py"), "--compare", str(tmp_path), "--out",
+                           str(png)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "samples.npz not found" in proc.stderr
+
+
+def test_save_grid_layout(tmp_path):
+    """Blocks land where the layout puts them, at the stated upscaling, with None cells left blank."""
+    img = np.zeros((3, 3, 16, 16), np.uint8)
+    img[:, 0] = 200                                                            # red images
+    ti.save_grid(str(tmp_path / "g.png"), [[img, None], [img, img]], ["T1", "T2"], ["a", "b"], per_row=2)
+    a = np.asarray(ti.Image.open(tmp_path / "g.png"))
+    red = (a[..., 0] == 200) & (a[..., 1] == 0)
+    assert red.sum() == 3 * 3 * (16 * 4) ** 2                                # 3 blocks of 3 images, 4x upscaled
+    top, left, block_w = 16, 8 * 2 + 8, 2 * (64 + 1) - 1                      # margins; 2 images per block row
+    assert red[top, left] and red[top + 63, left + 63] and not red[top + 64, left + 64]
+    assert not red[top:top + 64, left + block_w + 8:].any()                 # cell (T1, b) is None: blank
+    assert red[top + 2 * 64 + 1 + 8, left + block_w + 8]                     # cell (T2, b)
+
+
+def test_shapes_downsample_is_the_block_mean():
+    x = image_data.make_shapes(0, 2, 3, 0).images
+    small = image_data.downsample(x, 16)
+    assert small.shape == (6, 3, 16, 16) and image_data.downsample(x, 32) is x
+    assert small[1, 2, 3, 4] == int(x[1, 2, 6:8, 8:10].astype(float).mean() + 0.5)
+    with pytest.raises(ValueError, match="divide 32"):
+        image_data.downsample(x, 12)
 
 
 def test_rerun_with_another_config_is_refused_and_a_finished_run_is_kept(tmp_path, tr_run):
@@ -265,6 +315,13 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(tmp_path, sig, clean_ru
     assert "resuming" in done.stdout
     assert (stopped / "summary.json").read_text() == (clean / "summary.json").read_text()
     assert (stopped / "metrics.jsonl").read_text() == (clean / "metrics.jsonl").read_text()
+
+
+def test_smoke_at_16x16(tmp_path):
+    proc = run_script(tmp_path / "run", "--method", "replay", "--image-size", "16", "--model", "mini")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(tmp_path / "run" / "samples.npz") as z:
+        assert z["after2"].shape == (2, 2, 3, 16, 16)
 
 
 def test_smoke_on_imagenet32_npz_files(tmp_path):

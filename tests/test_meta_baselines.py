@@ -269,10 +269,10 @@ def test_bench_runs_every_row_and_rejects_bad_flags(capsys):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        sec = mb.bench("unet1d_tiny", batch_size=2, steps=1)
+        sec = mb.bench("unet1d_tiny", batch_size=2, rounds=1)
     finally:
         torch.set_num_threads(threads)
-    assert set(sec) == set(mb.BENCH_ROWS) and all(s > 0 for s in sec.values())
+    assert set(sec) == set(mb.BENCH_ROWS) and all(len(s) == 1 and s[0] > 0 for s in sec.values())
     for argv in (["--bench", "--batch", "3"], ["--bench", "--model", "resnet"], []):
         with pytest.raises(SystemExit) as exc:
             mb.main(argv)
