@@ -47,7 +47,8 @@ import unet
 # ----------------------------------------------------------------------------------------------------------------
 # configuration
 
-MODELS = {"paper": unet.unet1d_paper, "small": unet.unet1d_small, "tiny": unet.unet1d_tiny}
+MODELS = {"paper": unet.unet1d_paper, "small": unet.unet1d_small, "compact": unet.unet1d_compact,
+          "tiny": unet.unet1d_tiny}
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Config:
     method: str = "tr"  # finetune | ewc | replay | tr | ftml | vrmcl (Section 4)
     seed: int = 0  # training seed (model init, batches, noise); Table 4 averages 4 seeds
     tasks: str = ",".join(cw10_data.CW10)  # comma-separated task sequence (CW10 order, reference notes §4)
-    model: str = "paper"  # paper (83.3M, App. C.2.1) | small | tiny (unet.py)
+    model: str = "paper"  # paper (83.3M, App. C.2.1) | small (5.5M) | compact (1.7M) | tiny (unet.py)
     batch_size: int = 256  # Table 4 (bilevel: 128 support + 128 query)
     lr: float = 2e-4  # Table 4, Adam (outer)
     steps_per_task: int = 50_000  # Table 4, gradient / meta updates per task
