@@ -275,8 +275,9 @@ COMPILE_MODES = ("auto", "off", "default", "reduce-overhead")
 def compile_denoiser(model, mode="auto"):
     """Compile `model`'s forward in place with torch.compile (nn.Module.compile); returns the mode used ("off": eager).
 
-    auto: "reduce-overhead" (CUDA graphs, for a launch-bound step) on CUDA, "off" on the CPU, where compiling takes
-    minutes and gives little (results/cpu_speed). In place, so parameters, state_dict keys and the learners'
+    auto: "reduce-overhead" (CUDA graphs, for a launch-bound step) on CUDA, "off" on the CPU, where "default" made
+    the small model's step 7% faster after 4-7 s of compilation (results/cpu_speed): too little to give up the
+    eager step's plain tracebacks. Whether CUDA graphs reach issue 11's GPU targets is not yet measured. In place, so parameters, state_dict keys and the learners'
     optimizers are unchanged, and every call model(x_t, t, cond) runs the compiled code: the training step of
     every method (forward and backward; FTML / VR-MCL through functional_call), the replay teacher, and each
     network call of DDIM sampling (rollouts, replay generation, FID samples). Not covered: torch.func transforms
