@@ -37,8 +37,9 @@ summary.json (written by both training scripts with `build_summary`; read by `ag
                           whose curve was logged ("T1" = Table 2; the others = Appendix D Tables 8-23)
     task1_curve           [[global_step, score], ...] of Task 1 (Figure 2), global_step = gradient updates so far
     transitions           global steps at which tasks 2, 3, ... begin (Figure 2's dashed lines)
-    extra                 free dict (e.g. steps_per_task, sample counts); "dataset", "extractor" and "is_proxy"
-                          (fid.py's extractor name and proxy flag), when present, must agree across aggregated runs
+    extra                 free dict (e.g. steps_per_task, sample counts); "dataset", "extractor", "is_proxy",
+                          "sequence" (fid.py's extractor and proxy flag; CW10 or which subsequence), when present,
+                          must agree across aggregated runs
 
 Deviations from the paper
     - Table 2 with several seeds: paper: a single number per cell, rule unstated; here: the mean over the seeds
@@ -66,7 +67,7 @@ SUCCESS_THRESHOLDS = (0.99, 0.9, 0.8)  # Table 2 alphas: SR_1 >= alpha * SR_1^(0
 FID_THRESHOLDS = (0.1, 0.2, 0.3)  # Table 2 taus: FID_1 <= (1 + tau) * FID_1^(0)
 DASH = "—"
 UNDEFINED = "n/a"  # Table 2 cell whose reference success is 0: the target alpha * 0 is met trivially
-COMPARABILITY_EXTRA = ("dataset", "extractor", "is_proxy")  # extra fields that must agree across aggregated runs
+COMPARABILITY_EXTRA = ("dataset", "extractor", "is_proxy", "sequence")  # extra fields that must agree across runs
 SUMMARY_FIELDS = ("method", "seed", "experiment", "task_names", "n_tasks_trained", "score_name", "higher_is_better",
                   "average", "forgetting", "thresholds", "reconvergence", "task1_curve", "transitions")
 
@@ -438,6 +439,7 @@ def summary_markdown(summary):
     names = summary["task_names"]
     lines = [f"# {summary['experiment']} / {DISPLAY_NAMES.get(summary['method'], summary['method'])} / "
              f"seed {summary['seed']}", "",
+             *([f"Task sequence: {summary['extra']['sequence']}", ""] if "sequence" in summary.get("extra", {}) else []),
              f"R[i][j] = {'success rate (%)' if success else 'FID'} of task j after training task i", "",
              "| after \\ task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for i, row in enumerate(summary["R"]):
