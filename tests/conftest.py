@@ -1,10 +1,17 @@
 """Shared test helpers: the repository root on sys.path, and stopping a running experiment mid-run."""
 import json
 import os
+import signal
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def default_sigint() -> None:
+    """preexec_fn for runs the tests stop with SIGINT: a process started in the background by a non-interactive
+    shell (nohup, setsid, `&`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stop_at(proc, log_path, global_step: int, sig) -> str:

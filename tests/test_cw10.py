@@ -13,7 +13,7 @@ import torch
 
 import cw10_data
 import train_cw10 as cw
-from conftest import stop_at
+from conftest import default_sigint, stop_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--preset", "smoke", "--threads", "1"]
@@ -34,7 +34,8 @@ def run_script(out, data_dir, *flags, wait=True):
            *flags]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=default_sigint)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 import image_data
 import train_imagenet as ti  # noqa: E402
-from conftest import stop_at  # noqa: E402
+from conftest import default_sigint, stop_at  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------------
 # ImageNet-32 npz files in the official format, small
@@ -190,7 +190,8 @@ def test_bench_prints_rates():
 def run_script(out, *extra, wait=True):
     cmd = [sys.executable, str(ROOT / "train_imagenet.py"), "--preset", "smoke", "--out", str(out), *extra]
     if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=default_sigint)
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
