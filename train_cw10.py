@@ -2,7 +2,7 @@
 Appendix C.2.
 
     python train_cw10.py --method tr                        # the paper's configuration (Table 4); a GPU run
-    python train_cw10.py --method tr --preset small         # CPU, <= 30 min: CW10's tasks 6-10 (a subsequence)
+    python train_cw10.py --method tr --preset small         # CPU, 36 min: CW10's tasks 6-10 (a subsequence)
     python train_cw10.py --method tr --preset smoke         # seconds; what the tests run
     python train_cw10.py --tasks hammer --curve 250,500,1000 --steps-per-task 1000   # one task, a learning curve
     python train_cw10.py --grid paper --tasks hammer        # Table 5's (S, O, A) grid, single-task runs
@@ -101,7 +101,7 @@ class Config:
 RUNTIME_FIELDS = ("workers", "env_workers", "data_dir", "device", "threads", "compile", "progress")
 PRESETS = {
     "paper": {},
-    # CPU, 2 cores, <= 30 min for tr: CW10's tasks 6-10 in the paper's order, a SUBSEQUENCE. Sized from the single-task
+    # CPU, 2 cores, 36 min for tr (results/cw10_small_cpu/tasks6-10): CW10's tasks 6-10 in the paper's order, a SUBSEQUENCE. Sized from the single-task
     # curves (results/cw10_single_task_cpu): at 250-500 steps of batch 32 only handle-press-side and window-close are
     # learned; hammer (Task 1 of CW10) needs > 4,000 steps (0.40 at 4,000), which no 30-minute run can give it
     "small": dict(tasks="handle-press-side,push,shelf-place,window-close,peg-unplug-side", model="small",
