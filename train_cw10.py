@@ -101,7 +101,8 @@ class Config:
 RUNTIME_FIELDS = ("workers", "env_workers", "data_dir", "device", "threads", "compile", "progress")
 PRESETS = {
     "paper": {},
-    # CPU, 2 cores, 36 min for tr (results/cw10_small_cpu/tasks6-10): CW10's tasks 6-10 in the paper's order, a SUBSEQUENCE. Sized from the single-task
+    # CPU, 2 cores, 36 min for tr (results/cw10_small_cpu/tasks6-10): CW10's tasks 6-10 in the paper's order, a
+    # SUBSEQUENCE. Sized from the single-task
     # curves (results/cw10_single_task_cpu): at 250-500 steps of batch 32 only handle-press-side and window-close are
     # learned; hammer (Task 1 of CW10) needs > 4,000 steps (0.40 at 4,000), which no 30-minute run can give it
     "small": dict(tasks="handle-press-side,push,shelf-place,window-close,peg-unplug-side", model="small",
@@ -275,7 +276,8 @@ def write_summary(cfg: Config, folder, state: dict, tasks: list[str]) -> dict:
     summary = metrics.build_summary(
         cfg.method, cfg.seed, "cw10", tasks, state["R"], True, curves.pop(0, []), state["transitions"],
         metrics.SUCCESS_THRESHOLDS, task_curves=curves,
-        extra={"sequence": sequence_name(tasks), "eval_episodes": cfg.eval_episodes, "curve_episodes": cfg.curve_episodes, "ddim_steps": cfg.ddim_steps,
+        extra={"sequence": sequence_name(tasks), "eval_episodes": cfg.eval_episodes,
+               "curve_episodes": cfg.curve_episodes, "ddim_steps": cfg.ddim_steps,
                "model": cfg.model, "steps_per_task": cfg.steps_per_task, "fisher": cfg.fisher})
     metrics.write_run_outputs(folder.out, summary, "Task 1 success rate",
                               f"CW10 Task 1 ({tasks[0]}), {cfg.method}, seed {cfg.seed}")
