@@ -439,7 +439,8 @@ def summary_markdown(summary):
     names = summary["task_names"]
     lines = [f"# {summary['experiment']} / {DISPLAY_NAMES.get(summary['method'], summary['method'])} / "
              f"seed {summary['seed']}", "",
-             *([f"Task sequence: {summary['extra']['sequence']}", ""] if "sequence" in summary.get("extra", {}) else []),
+             *([f"Task sequence: {summary['extra']['sequence']}", ""]
+               if "sequence" in summary.get("extra", {}) else []),
              f"R[i][j] = {'success rate (%)' if success else 'FID'} of task j after training task i", "",
              "| after \\ task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for i, row in enumerate(summary["R"]):
