@@ -273,17 +273,19 @@ COMPILE_MODES = ("auto", "off", "default", "reduce-overhead")
 
 
 def compile_denoiser(model, mode="auto"):
-    """Compile `model`'s forward in place with torch.compile (nn.Module.compile); returns the mode used ("off": eager).
+    """Compile `model`'s forward in place with torch.compile (nn.Module.compile); returns the mode used ("off":
+    eager).
 
     auto: "reduce-overhead" (CUDA graphs, for a launch-bound step) on CUDA, "off" on the CPU, where "default" made
-    the small model's step 7% faster after 4-7 s of compilation (results/cpu_speed): too little to give up the
-    eager step's plain tracebacks. Whether CUDA graphs reach issue 11's GPU targets is not yet measured. In place,
-    so parameters, state_dict keys and the learners' optimizers are unchanged, and every call model(x_t, t, cond)
-    runs the compiled code: the training step of every method (forward and backward; FTML / VR-MCL through functional_call), the replay teacher, and each
-    network call of DDIM sampling (rollouts, replay generation, FID samples). Not covered: torch.func transforms
-    (the Fisher's jvp and vmap), which callers run under torch.compiler.set_stance("force_eager"), and
-    replay.frozen_copy, whose copy is eager (callers compile it again). The eager step is the reference:
-    tests/test_speed.py checks that both give the same parameters after a few steps of every method.
+    the small model's step 7% faster after 4-7 s of compilation (results/cpu_speed): too little to give up the eager
+    step's plain tracebacks. Whether CUDA graphs reach issue 11's GPU targets is not yet measured. In place, so
+    parameters, state_dict keys and the learners' optimizers are unchanged, and every call model(x_t, t, cond) runs
+    the compiled code: the training step of every method (forward and backward; FTML / VR-MCL through
+    functional_call), the replay teacher, and each network call of DDIM sampling (rollouts, replay generation, FID
+    samples). Not covered: torch.func transforms (the Fisher's jvp and vmap), which callers run under
+    torch.compiler.set_stance("force_eager"), and replay.frozen_copy, whose copy is eager (callers compile it
+    again). The eager step is the reference: tests/test_speed.py checks that both give the same parameters after a
+    few steps of every method.
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r}; choose one of {COMPILE_MODES}")
