@@ -483,7 +483,7 @@ def unet1d_compact(obs_dim: int = 39, obs_horizon: int = 6, action_dim: int = 4,
 def unet2d_mini(num_classes: int | None = None, in_channels: int = 3) -> UNet2D:
     """unet2d_tiny at double the width for the image CPU presets: channels (16, 32, 32), 1 block per level,
     attention at level 2 and in the mid block, GroupNorm 8; 283,955 parameters with 50 classes (tiny: 72,923).
-    Image sides must be multiples of 4. For the image CPU presets' learning curves (issue 14; not yet measured)."""
+    Image sides must be multiples of 4. The image `small` preset's model (results/imagenet_curves_cpu/)."""
     return UNet2D(in_channels, (16, 32, 32), layers_per_block=1, attention_levels=(2,), num_classes=num_classes,
                   norm_groups=8)
 

@@ -163,7 +163,8 @@ def test_config_defaults_are_table3_and_flags_generated():
     assert (cfg.num_tasks, cfg.classes_per_task, cfg.model, cfg.dataset) == (10, 50, "paper", "imagenet32")
     small, _ = ti.experiment.parse_config(ti.Config, ti.PRESETS, ["--preset", "small", "--lam", "7",
                                                                   "--no-replay-rebuild"], "", ti.CHOICES)
-    assert small.lam == 7 and small.replay_rebuild is False and small.dataset == "shapes" and small.num_tasks == 5
+    assert small.lam == 7 and small.replay_rebuild is False and small.dataset == "shapes" and small.num_tasks == 4
+    assert (small.image_size, small.model, small.classes_per_task) == (16, "mini", 5)
 
 
 def test_batches_walk_epoch_permutations():
