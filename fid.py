@@ -26,6 +26,13 @@ Feature extractors (``FeatureExtractor.load``)
                          it are printed as "FID-proxy ... not comparable to published FID" and the
                          result carries ``is_proxy=True``. It ranks degradations sensibly (blur,
                          noise; tests/test_fid.py) but its scale means nothing outside this repo.
+    "proxy-classifier-v1"  the shapes dataset's proxy (train_imagenet.py, when no weights file is
+                         found): a small CNN trained for a few seconds, from a fixed seed, to classify
+                         the run's own training images; features = its 128-d penultimate layer. Like
+                         Inception it is a classifier of the data's classes, so it sees shape: the
+                         random-conv proxy, a texture statistic, scored Task 1's labels drawn as Task
+                         2's shapes (the forgetting a finetuned model shows) better than Task 1 itself
+                         (results/imagenet_curves_cpu/README.md). Also labelled FID-proxy.
 
 API (what train_imagenet.py calls)
     ext = FeatureExtractor.load(weights=None, device="cuda")   # .name, .dim, .is_proxy
@@ -80,6 +87,7 @@ import metrics
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's FID_WEIGHTS_URL file name
 INCEPTION_NAME = "inception"
 PROXY_NAME = "proxy-randconv-v1"
+CLASSIFIER_PROXY_NAME = "proxy-classifier-v1"
 PROXY_NOTE = "FID-proxy, not comparable to published FID"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -474,6 +482,51 @@ class RandomConvFeatures(nn.Module):
             pooled.append(x.mean(dim=(2, 3)))                         # (B, C_i)
         return torch.cat(pooled, dim=1)                               # (B, 256)
 
+class ClassifierFeatures(nn.Module):
+    """images (B, 3, H, W) in [0, 1] -> (B, 128): the penultimate layer of a small CNN classifier, conv 3x3 + ReLU
+    stages of 32, 32 | 64 | 128 channels with 2x2 average pooling between them, averaged over space; ``head`` maps
+    the features to class logits. Built by ``fit`` on labelled images; then frozen like any extractor."""
+
+    dim = 128
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(c_in, c_out, 3, padding=1) for c_in, c_out in
+                                    ((3, 32), (32, 32), (32, 64), (64, 128))])
+        self.head = nn.Linear(self.dim, num_classes)
+
+    def forward(self, x):
+        x = 2 * x - 1                                                     # (B, 3, H, W) in [-1, 1]
+        for i, conv in enumerate(self.convs):
+            if i >= 2:
+                x = F.avg_pool2d(x, 2)                                    # stages 3, 4 at H/2, H/4
+            x = F.relu(conv(x))
+        return x.mean(dim=(2, 3))                                         # (B, 128)
+
+    @classmethod
+    def fit(cls, images: np.ndarray, labels: np.ndarray, seed: int = 0, epochs: int = 10, batch: int = 128,
+            lr: float = 2e-3, noise: float = 0.1) -> "ClassifierFeatures":
+        """Train on uint8 images (N, 3, H, W) with int labels (N,): Adam, cross-entropy, `epochs` passes over
+        fresh permutations, all randomness from `seed` (so every run of the same data gets the same network)."""
+        g = torch.Generator().manual_seed(seed)
+        classes, y_all = np.unique(labels, return_inverse=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = cls(len(classes))
+        x_all, y_all = torch.from_numpy(images).float() / 255, torch.from_numpy(y_all)
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        for _ in range(epochs):
+            perm = torch.randperm(len(x_all), generator=g)
+            for start in range(0, len(perm), batch):
+                idx = perm[start:start + batch]
+                x = x_all[idx]
+                x = (x + torch.rand(len(x), 1, 1, 1, generator=g) * noise * torch.randn(x.shape, generator=g)).clamp(0, 1)
+                loss = F.cross_entropy(net.head(net(x)), y_all[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return net.eval().requires_grad_(False)
+
 # -----------------------------------------------------------------------------
 # feature extractor: the one object train_imagenet.py holds
 
@@ -503,6 +556,12 @@ class FeatureExtractor:
         net = FIDInceptionV3()
         load_inception_state(net, path)
         return cls(net, INCEPTION_NAME, 2048, device)
+
+    @classmethod
+    def classifier_proxy(cls, images: np.ndarray, labels: np.ndarray, device=None) -> "FeatureExtractor":
+        """The shapes proxy: ClassifierFeatures fitted on (images, labels) with seed 0 (the run's training set)."""
+        net = ClassifierFeatures.fit(images, labels)
+        return cls(net, CLASSIFIER_PROXY_NAME, ClassifierFeatures.dim, device or "cpu")
 
     @torch.no_grad()
     def features(self, images, batch_size: int = 200, progress: bool = False) -> np.ndarray:

@@ -214,7 +214,8 @@ def _backgrounds(kind: int, shade: np.ndarray, rng: np.random.Generator) -> np.n
 
 
 def render_shape_class(dataset_seed: int, split: int, c: int, n: int) -> np.ndarray:
-    """n images (n, 3, 32, 32) uint8 of class c; split 0 = train, 1 = held-out (disjoint random streams).
+    """n images (n, 3, 32, 32) uint8 of class c; split 0 = train, 1 = held-out, 2 = the FID-proxy classifier's
+    training set (disjoint random streams).
 
     Class c: shape SHAPES[c % 10], foreground hue (c // 10) % 10 / 10, background BACKGROUNDS[c // 100].
     Per image: position +-4 px, radius 8-12 px, rotation +-20 deg, saturation/value and background
@@ -235,7 +236,7 @@ def render_shape_class(dataset_seed: int, split: int, c: int, n: int) -> np.ndar
 def make_shapes(dataset_seed: int, num_classes: int, per_class: int, split: int, progress: bool = False) -> ImageSet:
     """The procedural set: per_class images of each class 0..num_classes-1, class-sorted."""
     images = np.empty((num_classes * per_class, 3, 32, 32), np.uint8)
-    for c in tqdm(range(num_classes), desc=f"drawing shapes ({'train' if split == 0 else 'held-out'})",
+    for c in tqdm(range(num_classes), desc=f"drawing shapes ({('train', 'held-out', 'classifier')[split]})",
                   disable=not progress, leave=False):
         images[c * per_class:(c + 1) * per_class] = render_shape_class(dataset_seed, split, c, per_class)
     return ImageSet(images, np.repeat(np.arange(num_classes, dtype=np.int64), per_class))
@@ -251,6 +252,15 @@ def downsample(images: np.ndarray, size: int) -> np.ndarray:
         return images
     blocks = images.reshape(len(images), 3, size, f, size, f).astype(np.float32)  # (N, 3, s, f, s, f)
     return (blocks.mean(axis=(3, 5)) + 0.5).astype(np.uint8)                      # (N, 3, s, s)
+
+
+def classifier_set(cfg) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 3, S, S) uint8, labels (N,)) of the shapes' third split (split 2, disjoint from train and
+    held-out), min(200, shapes_train_per_class) images of every class of the run: what fid.py's classifier proxy
+    is trained on."""
+    per_class = min(200, cfg.shapes_train_per_class)
+    s = make_shapes(cfg.shapes_seed, cfg.num_tasks * cfg.classes_per_task, per_class, 2, cfg.progress)
+    return downsample(s.images, cfg.image_size), s.labels
 
 
 def load_data(cfg) -> tuple[ImageSet, ImageSet]:

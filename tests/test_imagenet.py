@@ -319,11 +319,19 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(tmp_path, sig, clean_ru
     assert (stopped / "metrics.jsonl").read_text() == (clean / "metrics.jsonl").read_text()
 
 
-def test_smoke_at_16x16(tmp_path):
-    proc = run_script(tmp_path / "run", "--method", "replay", "--image-size", "16", "--model", "mini")
+def test_smoke_at_16x16_with_a_longer_first_task(tmp_path):
+    """The small preset's levers: 16x16, unet2d_mini, --first-task-steps, a --curve list naming steps past the end
+    of the shorter later tasks (each task keeps the points it reaches), the shapes classifier proxy."""
+    proc = run_script(tmp_path / "run", "--method", "replay", "--image-size", "16", "--model", "mini",
+                      "--first-task-steps", "6", "--curve", "2,4,6")
     assert proc.returncode == 0, proc.stderr[-2000:]
     with np.load(tmp_path / "run" / "samples.npz") as z:
         assert z["after2"].shape == (2, 2, 3, 16, 16)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["transitions"] == [6] and [g for g, _ in summary["task1_curve"]] == [2, 4, 6, 8, 10]
+    assert summary["extra"]["extractor"] == "proxy-classifier-v1"
+    assert ti.curve_steps(ti.Config(curve="10,3000,4000"), 2000) == {10}
+    assert ti.curve_steps(ti.Config(curve="dense"), 20) == {2, 4, 6, 8, 10, 15, 20}
 
 
 def test_smoke_on_imagenet32_npz_files(tmp_path):
@@ -332,3 +340,4 @@ def test_smoke_on_imagenet32_npz_files(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["extra"]["dataset"] == "imagenet32" and summary["task_names"][1] == "T2 (classes 3-5)"
+    assert summary["extra"]["extractor"] == "proxy-randconv-v1"  # the classifier proxy is for shapes only
