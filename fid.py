@@ -520,7 +520,8 @@ class ClassifierFeatures(nn.Module):
             for start in range(0, len(perm), batch):
                 idx = perm[start:start + batch]
                 x = x_all[idx]
-                x = (x + torch.rand(len(x), 1, 1, 1, generator=g) * noise * torch.randn(x.shape, generator=g)).clamp(0, 1)
+                std = torch.rand(len(x), 1, 1, 1, generator=g) * noise                  # per image, U(0, noise)
+                x = (x + std * torch.randn(x.shape, generator=g)).clamp(0, 1)
                 loss = F.cross_entropy(net.head(net(x)), y_all[idx])
                 opt.zero_grad()
                 loss.backward()

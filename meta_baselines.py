@@ -134,7 +134,7 @@ class FTMLLearner:
         self.inner_lr, self.beta, self.second_order, self.grad_clip = inner_lr, beta, second_order, grad_clip
         self.named = {n: p for n, p in model.named_parameters() if p.requires_grad}
         params = list(self.named.values())
-        self.optimizer = torch.optim.Adam(params, lr=lr, fused=params[0].is_cuda)  # outer Adam, Tables 3-4
+        self.opt = torch.optim.Adam(params, lr=lr, fused=params[0].is_cuda)  # outer Adam, Tables 3-4
 
     def _meta_gradient(self, params, batch, replay_batch, generator):
         if replay_batch is not None and self.replay_loss_fn is None:
@@ -151,8 +151,8 @@ class FTMLLearner:
         for p, d in zip(params, direction):
             p.grad = d.detach().clone()
         grad_norm = trust_region.grad_norm_and_clip(params, self.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
         return grad_norm
 
     def step(self, batch, replay_batch=None, generator=None, log_terms=False):
@@ -164,10 +164,10 @@ class FTMLLearner:
         return logs
 
     def state_dict(self):
-        return {"optimizer": self.optimizer.state_dict()}
+        return {"optimizer": self.opt.state_dict()}
 
     def load_state_dict(self, sd):
-        self.optimizer.load_state_dict(sd["optimizer"])
+        self.opt.load_state_dict(sd["optimizer"])
 
 
 class VRMCLLearner(FTMLLearner):
@@ -202,10 +202,10 @@ class VRMCLLearner(FTMLLearner):
         return self.momentum, logs
 
     def state_dict(self):
-        return {"optimizer": self.optimizer.state_dict(), "prev_params": self.prev_params, "momentum": self.momentum}
+        return {"optimizer": self.opt.state_dict(), "prev_params": self.prev_params, "momentum": self.momentum}
 
     def load_state_dict(self, sd):
-        self.optimizer.load_state_dict(sd["optimizer"])
+        self.opt.load_state_dict(sd["optimizer"])
         self.prev_params, self.momentum = sd["prev_params"], sd["momentum"]
 
 

@@ -164,7 +164,8 @@ def test_config_defaults_are_table3_and_flags_generated():
     small, _ = ti.experiment.parse_config(ti.Config, ti.PRESETS, ["--preset", "small", "--lam", "7",
                                                                   "--no-replay-rebuild"], "", ti.CHOICES)
     assert small.lam == 7 and small.replay_rebuild is False and small.dataset == "shapes" and small.num_tasks == 4
-    assert (small.image_size, small.model, small.classes_per_task) == (16, "mini", 5)
+    assert (small.image_size, small.model, small.classes_per_task, small.lr_schedule) == (16, "mini", 5, "cosine")
+    assert cfg.lr_schedule == "constant"  # Table 3
 
 
 def test_batches_walk_epoch_permutations():
@@ -321,9 +322,9 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(tmp_path, sig, clean_ru
 
 def test_smoke_at_16x16_with_a_longer_first_task(tmp_path):
     """The small preset's levers: 16x16, unet2d_mini, --first-task-steps, a --curve list naming steps past the end
-    of the shorter later tasks (each task keeps the points it reaches), the shapes classifier proxy."""
+    of the shorter later tasks (each task keeps the points it reaches), the cosine lr, the shapes classifier proxy."""
     proc = run_script(tmp_path / "run", "--method", "replay", "--image-size", "16", "--model", "mini",
-                      "--first-task-steps", "6", "--curve", "2,4,6")
+                      "--first-task-steps", "6", "--curve", "2,4,6", "--lr-schedule", "cosine")
     assert proc.returncode == 0, proc.stderr[-2000:]
     with np.load(tmp_path / "run" / "samples.npz") as z:
         assert z["after2"].shape == (2, 2, 3, 16, 16)
