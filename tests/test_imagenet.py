@@ -168,6 +168,17 @@ def test_config_defaults_are_table3_and_flags_generated():
     assert cfg.lr_schedule == "constant"  # Table 3
 
 
+def test_lr_schedule():
+    """constant = cfg.lr at every step (Table 3); cosine = linear warm-up over lr_warmup steps times a half cosine
+    from cfg.lr to 0 over the task, restarting at each task (its values at both ends and the middle)."""
+    assert {ti.lr_at(ti.Config(), s, 10) for s in range(10)} == {2e-4}
+    cfg = ti.Config(lr=4e-3, lr_schedule="cosine", lr_warmup=200)
+    assert ti.lr_at(cfg, 0, 4000) == pytest.approx(4e-3 / 200 * (1 + np.cos(0)) / 2, rel=1e-12)
+    assert ti.lr_at(cfg, 2000, 4000) == pytest.approx(2e-3, rel=1e-12)
+    assert ti.lr_at(cfg, 1999, 2000) == pytest.approx(4e-3 * (1 + np.cos(np.pi * 1999 / 2000)) / 2, rel=1e-12)
+    assert ti.lr_at(cfg, 199, 4000) > ti.lr_at(cfg, 99, 4000) > ti.lr_at(cfg, 0, 4000)
+
+
 def test_batches_walk_epoch_permutations():
     cfg = ti.Config(batch_size=4, seed=3)
     rows = np.arange(100, 117)  # 17 rows -> 4 full batches per epoch, last row of each epoch's permutation dropped
