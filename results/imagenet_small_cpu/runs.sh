@@ -12,6 +12,5 @@ export -f one
 printf "%s\n" "tr 0" "finetune 0" "replay 0" "tr 1" "replay 1" "finetune 1" "tr 2" "replay 2" "finetune 2" \
   "ewc 0" "ftml 0" "vrmcl 0" | xargs -P 2 -L 1 bash -c 'one "$0" "$1"'
 python metrics.py aggregate runs/imagenet-small/*-s? --out results/imagenet_small_cpu
-python train_imagenet.py --compare runs/imagenet-small/{finetune,ewc,replay,ftml,vrmcl,tr}-s0 \
-  --out results/imagenet_small_cpu/task1_methods_s0.png
+python train_imagenet.py --compare runs/imagenet-small/*-s? --out results/imagenet_small_cpu/task1_methods.png
 python results/imagenet_small_cpu/terms.py runs/imagenet-small/tr-s? > results/imagenet_small_cpu/terms.md
