@@ -32,7 +32,8 @@ def main(runs):
         records, cfg = load(run), json.load(open(os.path.join(run, "config.json")))
         with open(os.path.join(run, "summary.json")) as f:
             tasks = json.load(f)["task_names"]
-        print(f"\n{run}: method {cfg['method']}, lambda {cfg['lam']}, model {cfg['model']}, batch {cfg['batch_size']}\n")
+        print(f"\n{run}: method {cfg['method']}, lambda {cfg['lam']}, model {cfg['model']}, "
+              f"batch {cfg['batch_size']}\n")
         print("| task | ‖A‖ | ‖B‖ | ‖C‖ | ‖C‖/‖A‖ | Eq. 6 value |")
         print("|---|---|---|---|---|---|")
         for k, name in enumerate(tasks):
