@@ -15,6 +15,9 @@ Written in each script, the copies drifted apart (different boolean flags, seeds
                a run with another configuration (naming the fields), and loads the last checkpoint: rerunning
                the same command resumes. config.json is written by `begin()`, once the data are ready; a run
                that fails before that leaves the folder as it found it.
+    Task 1     --task1-cache FILE: finetune, ewc, replay and tr train Task 1 alike (no Fisher or replay pool yet),
+               so the first run writes FILE at Task 1's end and the others start from it, with the same numbers
+               and Task 1's records; FILE's configuration must equal the run's in every field Task 1 uses.
     endings    run(main): bad input -> "error: <one line>", exit 2; divergence (a non-finite loss, gradient
                norm, parameter or Fisher scalar) -> one line naming task and step, exit 2, the last good
                checkpoint kept and no summary written; Ctrl-C -> "interrupted at task k, step s; rerun the same
@@ -252,6 +255,8 @@ class RunFolder:
         self.logger = metrics.JsonlLogger(self.path("metrics.jsonl"))
         if self.checkpoint is not None:
             self.logger.truncate_after(self.checkpoint["state"]["global_step"])
+        elif os.path.exists(self.logger.path):  # a run stopped before its first checkpoint starts over
+            metrics.atomic_write_text(self.logger.path, "")
         self._created = []
 
     def save(self, checkpoint: dict) -> None:
@@ -329,6 +334,53 @@ def add_fisher(learner, F, log, task: int, global_step: int) -> None:
     check_finite(f"task {task + 1} Fisher", F.scalars())
     learner.add_fisher(F)
     log({"kind": "fisher", "global_step": global_step, "task": task, **F.scalars(), "diagnostics": F.diagnostics})
+
+# ----------------------------------------------------------------------------------------------------------------
+# Task 1 trained once, shared by the methods that train it alike
+
+
+TASK1_METHODS = ("finetune", "ewc", "replay", "tr")  # Task 1 is plain Eq. (3) Adam steps for these: no Fisher and
+#   no replay pool exist before the first boundary (FTML and VR-MCL take their own bilevel steps from the start)
+TASK1_FREE_FIELDS = ("method", "lam", "fisher", "fisher_samples", "fisher_batch", "beta", "replay_per_task",
+                     "replay_ratio", "replay_ddim_steps", "replay_rebuild", "task1_cache")  # only used after Task 1
+
+
+def check_task1_cache(cfg, runtime_fields=()) -> None:
+    """ValueError (one line) unless cfg may use cfg.task1_cache: a method of TASK1_METHODS and, if the file exists,
+    a snapshot written by a run whose configuration equals cfg in every field that Task 1 depends on."""
+    if not cfg.task1_cache:
+        return
+    require(cfg.method in TASK1_METHODS, f"--task1-cache: {cfg.method} trains Task 1 with its own update; the "
+                                         f"cache is for {', '.join(TASK1_METHODS)}")
+    if not os.path.exists(cfg.task1_cache):
+        return check_writable(os.path.dirname(os.path.abspath(cfg.task1_cache)), "--task1-cache's folder")
+    try:
+        old = torch.load(cfg.task1_cache, map_location="cpu", weights_only=False)["config"]
+    except Exception as e:  # truncated or foreign file
+        raise ValueError(f"--task1-cache {cfg.task1_cache} is unreadable ({type(e).__name__})") from None
+    free = set(TASK1_FREE_FIELDS) | set(runtime_fields)
+    diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
+            if k not in free and old.get(k) != v]
+    require(not diff, f"--task1-cache {cfg.task1_cache} holds a Task 1 trained with another configuration "
+                      f"({'; '.join(diff)})")
+
+
+def save_task1(path: str, cfg, state: dict, model, learner, metrics_path: str) -> None:
+    """Task 1's end, before the first boundary: weights, optimizer, loop state and Task 1's metrics records."""
+    ck = checkpoint(cfg, state, model, learner, replay.ReplayPool(), None)
+    ck["records"] = metrics.read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    metrics.atomic_torch_save(ck, path)
+
+
+def load_task1(path: str, model, learner, pool, log) -> dict:
+    """Restore a `save_task1` snapshot into a fresh run (its records are logged again); returns the loop state.
+    The run then continues exactly as if it had trained Task 1 itself (tests/test_train_imagenet.py)."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    state, _ = restore(ck, model, learner, pool)
+    for record in ck["records"]:
+        log(record)
+    return state
 
 # ----------------------------------------------------------------------------------------------------------------
 # endings

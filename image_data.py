@@ -3,6 +3,7 @@ procedural "shapes" stand-in of the same shape (paper Section 4.1, Appendix C.1.
 
 Why a module of its own: file formats and image synthesis are the data side of the image experiment;
 train_imagenet.py keeps the configuration, the evaluation and the continual loop, which then read in one piece.
+The sample-grid pictures (PNG tables of uint8 images, and --compare) live here too, for the same reason.
 
     imagenet32  DIR/Imagenet32_train_npz/train_data_batch_{1..10}.npz and DIR/Imagenet32_val_npz/val_data.npz:
                 `data` (N, 3072) uint8 channel-planar, `labels` 1-indexed (1..1000). Classes 1..500 -> 0..499;
@@ -20,7 +21,9 @@ ImageNet-32 files are absent, and every result made with it says so; so is a sha
 from __future__ import annotations
 
 import colorsys
+import json
 import math
+import os
 import pickle
 import zipfile
 import zlib
@@ -271,3 +274,80 @@ def load_data(cfg) -> tuple[ImageSet, ImageSet]:
     sets = (make_shapes(cfg.shapes_seed, n_classes, cfg.shapes_train_per_class, 0, cfg.progress),
             make_shapes(cfg.shapes_seed, n_classes, cfg.heldout_per_class, 1, cfg.progress))
     return tuple(ImageSet(downsample(s.images, cfg.image_size), s.labels) for s in sets)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pictures: sample grids (train_imagenet.py's samples_*.png, --compare)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Samples (m, 3, S, S) in [-1, 1] -> uint8 (m, 3, S, S), as image_data stores images."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def save_grid(path: str, cells: list[list[np.ndarray | None]], row_names: list[str], col_names: list[str],
+              per_row: int = 5) -> None:
+    """PNG of a table of image blocks, atomic: cells[r][c] uint8 (m, 3, S, S) laid out in rows of per_row images
+    (1 px gaps), or None (left blank); 8 px between blocks; names in the margins; nearest-neighbour upscaling to
+    at least 64 px per image."""
+    size = next(c for row in cells for c in row if c is not None).shape[-1]
+    scale, gap, sep, left, top = max(2, 64 // size), 1, 8, 8 * max(map(len, row_names)) + 8, 16
+    cols = min(per_row, max(len(c) for row in cells for c in row if c is not None))
+    lines = max(-(-len(c) // per_row) for row in cells for c in row if c is not None)
+    cw, ch = cols * (size * scale + gap) - gap, lines * (size * scale + gap) - gap  # one block, in pixels
+    canvas = np.full((top + len(cells) * (ch + sep), left + len(cells[0]) * (cw + sep), 3), 255, np.uint8)
+    for r, row in enumerate(cells):
+        for c, block in enumerate(row):
+            for i, img in enumerate([] if block is None else block):
+                y = top + r * (ch + sep) + (i // per_row) * (size * scale + gap)
+                x = left + c * (cw + sep) + (i % per_row) * (size * scale + gap)
+                big = img.transpose(1, 2, 0).repeat(scale, 0).repeat(scale, 1)  # (S, S, 3) -> (S*scale, S*scale, 3)
+                canvas[y:y + size * scale, x:x + size * scale] = big
+    im = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(im)
+    for r, name in enumerate(row_names):
+        draw.text((4, top + r * (ch + sep) + ch // 2 - 5), name, fill=(0, 0, 0))
+    for c, name in enumerate(col_names):
+        draw.text((left + c * (cw + sep), 3), name, fill=(0, 0, 0))
+    im.save(str(path) + ".tmp", format="PNG")
+    os.replace(str(path) + ".tmp", path)
+
+
+def save_task_grids(out_dir: str, moments: list[list[np.ndarray]]) -> None:
+    """After task i (i = len(moments)): samples_after_task<i>.png, row j = task j's first classes, column i' = after
+    task i' (the same sampler noise in every column, so what changes along a row is the model: forgetting), and
+    samples.npz with the same images (after<i'>: uint8 (i' + 1, m, 3, S, S)) for `--compare`."""
+    k = len(moments)
+    cells = [[moments[i][j] if j <= i else None for i in range(k)] for j in range(k)]
+    save_grid(os.path.join(out_dir, f"samples_after_task{k:02d}.png"), cells, [f"T{j + 1}" for j in range(k)],
+              [f"after T{i + 1}" for i in range(k)])
+    path = os.path.join(out_dir, "samples.npz")
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, **{f"after{i + 1}": np.stack(m) for i, m in enumerate(moments)})
+    os.replace(path + ".tmp", path)
+
+
+def save_curve_grid(out_dir: str, points: list) -> None:
+    """samples_task01_curve.png: Task 1's samples at (at most 12 of) its curve points during Task 1, one row each.
+    points: [(in-task step, uint8 (m, 3, S, S))]."""
+    keep = np.unique(np.linspace(0, len(points) - 1, min(len(points), 12)).round().astype(int))
+    save_grid(os.path.join(out_dir, "samples_task01_curve.png"), [[points[i][1]] for i in keep],
+              [f"step {points[i][0]}" for i in keep], ["Task 1 samples (fixed noise)"], per_row=10)
+
+
+def compare(run_dirs: list[str], out: str) -> None:
+    """One PNG, one row per run: Task 1's samples after Task 1 and after the run's last task (from samples.npz),
+    e.g. every method of a seed side by side. The runs must share the sampler noise (seed) to compare like with like."""
+    cells, names = [], []
+    for d in run_dirs:
+        path = os.path.join(d, "samples.npz")
+        if not os.path.isfile(path):
+            raise ValueError(f"{path} not found (written at every task end of a run)")
+        with np.load(path) as z, open(os.path.join(d, "config.json"), encoding="utf-8") as f:
+            cfg, last = json.load(f), max(int(key[5:]) for key in z.files)
+            cells.append([z["after1"][0], z[f"after{last}"][0]])
+        names.append(f"{cfg['method']} s{cfg['seed']}")
+    if len({c[0].shape for c in cells}) != 1:
+        raise ValueError("--compare: the runs' samples differ in image size")
+    save_grid(out, cells, names, ["Task 1 after T1", f"Task 1 after T{last} (last)"])
+    print(f"wrote {out}")

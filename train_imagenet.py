@@ -48,7 +48,6 @@ Deviations from the paper
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -57,7 +56,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 import diffusion
@@ -123,6 +121,8 @@ class Config:
     compile: str = "auto"  # torch.compile of the denoiser: auto (reduce-overhead on CUDA, off on CPU) | off | default
     #   | reduce-overhead (meta_baselines.compile_denoiser)
     progress: bool = True  # tqdm bars
+    task1_cache: str = ""  # finetune/ewc/replay/tr: a file holding Task 1's end: written by the first run, read by the
+    #   rest (they train Task 1 alike; the numbers are the same, the time is not): experiment.check_task1_cache
 
 
 RUNTIME_FIELDS = ("data_dir", "device", "threads", "compile", "progress", "sample_batch")
@@ -172,6 +172,7 @@ def validate(cfg: Config) -> None:
     experiment.require(not meta_baselines.uses_replay(cfg.method) or n_replay >= 1, "--replay-ratio gives no replay")
     experiment.require(cfg.ddim_steps <= 1000 and cfg.replay_ddim_steps <= 1000, "DDIM steps must be <= 1000")
     metrics.curve_points(cfg.curve, max(cfg.steps_per_task, cfg.first_task_steps) if cfg.steps_per_task else 10 ** 9)
+    experiment.check_task1_cache(cfg, RUNTIME_FIELDS)
     if cfg.inception_weights:
         experiment.require(os.path.isfile(cfg.inception_weights),
                            f"--inception-weights {cfg.inception_weights}: no such file")
@@ -227,7 +228,7 @@ class Evaluator:
 
     def grid_images(self, x: torch.Tensor) -> np.ndarray:
         """uint8 (m, 3, S, S): one sample of each of the first m = min(C, GRID_CLASSES) classes (x from score)."""
-        return to_uint8(x[:min(self.cfg.classes_per_task, GRID_CLASSES)])
+        return image_data.to_uint8(x[:min(self.cfg.classes_per_task, GRID_CLASSES)])
 
 
 def check_fid_sample_counts(cfg: Config, dim: int, name: str) -> None:
@@ -241,75 +242,6 @@ def check_fid_sample_counts(cfg: Config, dim: int, name: str) -> None:
                        f"covariance would be singular and FID biased upward; raise it or pass "
                        f"--allow-rank-deficient-fid" if low else "")
 
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Samples (m, 3, S, S) in [-1, 1] -> uint8 (m, 3, S, S), as image_data stores images."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-
-
-def save_grid(path: str, cells: list[list[np.ndarray | None]], row_names: list[str], col_names: list[str],
-              per_row: int = 5) -> None:
-    """PNG of a table of image blocks, atomic: cells[r][c] uint8 (m, 3, S, S) laid out in rows of per_row images
-    (1 px gaps), or None (left blank); 8 px between blocks; names in the margins; nearest-neighbour upscaling to
-    at least 64 px per image."""
-    size = next(c for row in cells for c in row if c is not None).shape[-1]
-    scale, gap, sep, left, top = max(2, 64 // size), 1, 8, 8 * max(map(len, row_names)) + 8, 16
-    cols = min(per_row, max(len(c) for row in cells for c in row if c is not None))
-    lines = max(-(-len(c) // per_row) for row in cells for c in row if c is not None)
-    cw, ch = cols * (size * scale + gap) - gap, lines * (size * scale + gap) - gap  # one block, in pixels
-    canvas = np.full((top + len(cells) * (ch + sep), left + len(cells[0]) * (cw + sep), 3), 255, np.uint8)
-    for r, row in enumerate(cells):
-        for c, block in enumerate(row):
-            for i, img in enumerate([] if block is None else block):
-                y = top + r * (ch + sep) + (i // per_row) * (size * scale + gap)
-                x = left + c * (cw + sep) + (i % per_row) * (size * scale + gap)
-                big = img.transpose(1, 2, 0).repeat(scale, 0).repeat(scale, 1)  # (S, S, 3) -> (S*scale, S*scale, 3)
-                canvas[y:y + size * scale, x:x + size * scale] = big
-    im = Image.fromarray(canvas)
-    draw = ImageDraw.Draw(im)
-    for r, name in enumerate(row_names):
-        draw.text((4, top + r * (ch + sep) + ch // 2 - 5), name, fill=(0, 0, 0))
-    for c, name in enumerate(col_names):
-        draw.text((left + c * (cw + sep), 3), name, fill=(0, 0, 0))
-    im.save(str(path) + ".tmp", format="PNG")
-    os.replace(str(path) + ".tmp", path)
-
-
-def save_task_grids(folder: experiment.RunFolder, moments: list[list[np.ndarray]]) -> None:
-    """After task i (i = len(moments)): samples_after_task<i>.png, row j = task j's first classes, column i' = after
-    task i' (the same sampler noise in every column, so what changes along a row is the model: forgetting), and
-    samples.npz with the same images (after<i'>: uint8 (i' + 1, m, 3, S, S)) for `--compare`."""
-    k = len(moments)
-    cells = [[moments[i][j] if j <= i else None for i in range(k)] for j in range(k)]
-    save_grid(folder.path(f"samples_after_task{k:02d}.png"), cells, [f"T{j + 1}" for j in range(k)],
-              [f"after T{i + 1}" for i in range(k)])
-    with open(folder.path("samples.npz.tmp"), "wb") as f:
-        np.savez(f, **{f"after{i + 1}": np.stack(m) for i, m in enumerate(moments)})
-    os.replace(folder.path("samples.npz.tmp"), folder.path("samples.npz"))
-
-
-def save_curve_grid(folder: experiment.RunFolder, points: list) -> None:
-    """samples_task01_curve.png: Task 1's samples at (at most 12 of) its curve points during Task 1, one row each.
-    points: [(in-task step, uint8 (m, 3, S, S))]."""
-    keep = np.unique(np.linspace(0, len(points) - 1, min(len(points), 12)).round().astype(int))
-    save_grid(folder.path("samples_task01_curve.png"), [[points[i][1]] for i in keep],
-              [f"step {points[i][0]}" for i in keep], ["Task 1 samples (fixed noise)"], per_row=10)
-
-
-def compare(run_dirs: list[str], out: str) -> None:
-    """One PNG, one row per run: Task 1's samples after Task 1 and after the run's last task (from samples.npz),
-    e.g. every method of a seed side by side. The runs must share the sampler noise (seed) to compare like with like."""
-    cells, names = [], []
-    for d in run_dirs:
-        path = os.path.join(d, "samples.npz")
-        experiment.require(os.path.isfile(path), f"{path} not found (written at every task end of a run)")
-        with np.load(path) as z, open(os.path.join(d, "config.json"), encoding="utf-8") as f:
-            cfg, last = json.load(f), max(int(key[5:]) for key in z.files)
-            cells.append([z["after1"][0], z[f"after{last}"][0]])
-        names.append(f"{cfg['method']} s{cfg['seed']}")
-    experiment.require(len({c[0].shape for c in cells}) == 1, "--compare: the runs' samples differ in image size")
-    save_grid(out, cells, names, ["Task 1 after T1", f"Task 1 after T{last} (last)"])
-    print(f"wrote {out}")
 
 # ----------------------------------------------------------------------------------------------------------------
 # the continual run
@@ -387,6 +319,9 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
         experiment.check_parameters(model, f"task {state['task'] + 1} step {state['step']}")
         return evaluator.score(model, j, n, experiment.generator(cfg.seed, j, stream, device=device))
 
+    if cfg.task1_cache and state["task"] == state["step"] == 0 and os.path.exists(cfg.task1_cache):
+        state = experiment.load_task1(cfg.task1_cache, model, learner, pool, log)
+        print(f"Task 1 from {cfg.task1_cache} (its {steps[0]} steps not retrained)")
     start = time.perf_counter()
     while state["task"] < cfg.num_tasks:
         k = state["task"]
@@ -409,13 +344,15 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
                     state["curves"].setdefault(str(j), []).append((state["global_step"], s + 1, k, score))
                     if k == 0:  # Task 1 learning: its samples at each curve point
                         state.setdefault("curve_samples", []).append((s + 1, evaluator.grid_images(x)))
-                        save_curve_grid(folder, state["curve_samples"])
+                        image_data.save_curve_grid(folder.out, state["curve_samples"])
                     tqdm.write(f"task {k + 1} step {s + 1}: task {j + 1} {result.format()}")
                     log({"kind": "curve", "global_step": state["global_step"], "task": k, "in_task_step": s + 1,
                          "eval_task": j, "fid": score})
             if (s + 1) % cfg.checkpoint_every == 0 and s + 1 < steps[k]:
                 save()
         bar.close()
+        if k == 0 and cfg.task1_cache and not os.path.exists(cfg.task1_cache):
+            experiment.save_task1(cfg.task1_cache, cfg, state, model, learner, folder.logger.path)
         # task boundary, the same steps in every experiment: (1) evaluate every seen task (row k of R),
         # (2) Fisher of task k, (3) teacher and replay pool; nothing is estimated after the last task
         row, seen = [], []
@@ -427,7 +364,7 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
         experiment.check_finite(f"task {k + 1} FID", dict(enumerate(row)))
         state["R"].append(row + [None] * (cfg.num_tasks - k - 1))
         state.setdefault("samples", []).append(seen)
-        save_task_grids(folder, state["samples"])
+        image_data.save_task_grids(folder.out, state["samples"])
         log({"kind": "eval", "global_step": state["global_step"], "task": k, "fid": row})
         if k + 1 < cfg.num_tasks:
             if meta_baselines.uses_fisher(cfg.method):
@@ -513,7 +450,7 @@ def main(argv=None) -> None:
                                                           "after the last task, one row per run folder, then exit"))])
     if args.compare:
         experiment.require(bool(args.out) and args.out.endswith(".png"), "--compare needs --out FILE.png")
-        return compare(args.compare, args.out)
+        return image_data.compare(args.compare, args.out)
     validate(cfg)
     device = experiment.setup_torch(cfg.device, cfg.threads)
     extractor = fid.FeatureExtractor.load(cfg.inception_weights or None, device, force_proxy=cfg.fid_proxy)

@@ -278,8 +278,8 @@ def test_save_grid_layout(tmp_path):
     """Blocks land where the layout puts them, at the stated upscaling, with None cells left blank."""
     img = np.zeros((3, 3, 16, 16), np.uint8)
     img[:, 0] = 200                                                            # red images
-    ti.save_grid(str(tmp_path / "g.png"), [[img, None], [img, img]], ["T1", "T2"], ["a", "b"], per_row=2)
-    a = np.asarray(ti.Image.open(tmp_path / "g.png"))
+    image_data.save_grid(str(tmp_path / "g.png"), [[img, None], [img, img]], ["T1", "T2"], ["a", "b"], per_row=2)
+    a = np.asarray(image_data.Image.open(tmp_path / "g.png"))
     red = (a[..., 0] == 200) & (a[..., 1] == 0)
     assert red.sum() == 3 * 3 * (16 * 4) ** 2                                # 3 blocks of 3 images, 4x upscaled
     top, left, block_w = 16, 8 * 2 + 8, 2 * (64 + 1) - 1                      # margins; 2 images per block row
@@ -303,6 +303,25 @@ def test_rerun_with_another_config_is_refused_and_a_finished_run_is_kept(tmp_pat
     before = (tr_run / "summary.json").read_text()
     proc = run_script(tr_run, "--method", "tr")  # the same command again: the finished run reports itself
     assert proc.returncode == 0 and (tr_run / "summary.json").read_text() == before
+
+
+def test_task1_cache_gives_the_run_that_trained_task1_itself(tmp_path, tr_run):
+    """finetune writes Task 1's end to the cache; tr started from it has tr_run's numbers and log, record for record
+    (a cache restored without the optimizer state, the loop state or Task 1's records fails this). A cache from
+    another Task-1 configuration, or for a method that trains Task 1 its own way, is refused before any work."""
+    cache = tmp_path / "task1.pt"
+    first = run_script(tmp_path / "ft", "--method", "finetune", "--task1-cache", str(cache))
+    assert first.returncode == 0 and cache.is_file(), first.stderr[-2000:]
+    second = run_script(tmp_path / "tr", "--method", "tr", "--task1-cache", str(cache))
+    assert second.returncode == 0 and "Task 1 from" in second.stdout, second.stderr[-2000:]
+    mine, ref = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "tr", tr_run))
+    for key in ("R", "task1_curve", "transitions", "reconvergence"):
+        assert mine[key] == ref[key], key
+    assert (tmp_path / "tr" / "metrics.jsonl").read_text() == (tr_run / "metrics.jsonl").read_text()
+    for flags, expect in ((["--method", "tr", "--lr", "1e-3"], "lr 0.0002 -> 0.001"),
+                          (["--method", "ftml"], "ftml trains Task 1 with its own update")):
+        proc = run_script(tmp_path / "bad", *flags, "--task1-cache", str(cache))
+        assert proc.returncode == 2 and expect in proc.stderr and not (tmp_path / "bad").exists(), proc.stderr
 
 
 RESUME_FLAGS = ["--method", "tr", "--steps-per-task", "24", "--checkpoint-every", "5", "--curve", "end"]

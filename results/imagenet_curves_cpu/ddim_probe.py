@@ -33,7 +33,7 @@ def main(run: str, counts: str, out: str) -> None:
         result, x = evaluator.score(model, 0, 300, torch.Generator().manual_seed(0))
         print(f"| {steps} | {result.value:.2f} | {(x.abs() > 0.99).float().mean().item():.3f} |", flush=True)
         rows.append([evaluator.grid_images(x)])
-    train_imagenet.save_grid(out, rows, [f"DDIM {c}" for c in counts.split(",")], ["Task 1 samples"], per_row=10)
+    image_data.save_grid(out, rows, [f"DDIM {c}" for c in counts.split(",")], ["Task 1 samples"], per_row=10)
 
 
 if __name__ == "__main__":
