@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import fid
+import fid_networks
 
 ROOT = Path(__file__).resolve().parents[1]
 PROXY_W0_48_000 = 0.056411952076765144  # RandomState(0).standard_normal((64, 3, 3, 3))[48, 0, 0, 0] * sqrt(2/27)
@@ -108,7 +109,7 @@ def test_statistics_and_rank_deficiency_warning(monkeypatch):
         fid.statistics(small)
     assert sum("rank" in str(w.message) for w in caught) == 1  # once per process
     d = fid.fid_from_features(small, rng.standard_normal((6, 8)) + 1, fid.FeatureExtractor(
-        fid.RandomConvFeatures(), "x", 8, "cpu"))
+        fid_networks.RandomConvFeatures(), "x", 8, "cpu"))
     assert np.isfinite(d.value) and d.value > 0
     with pytest.raises(ValueError, match="N >= 2"):
         fid.statistics(feats[:1])
@@ -180,7 +181,7 @@ def inception_expected_shapes():
 @pytest.fixture(scope="module")
 def inception():
     torch.manual_seed(0)
-    return fid.FIDInceptionV3()
+    return fid_networks.FIDInceptionV3()
 
 
 def test_inception_state_dict_matches_weights_file_layout(inception):
@@ -268,7 +269,7 @@ def add_noise(images, std, seed=1):
 
 
 def test_proxy_ranks_degradations():
-    ext = fid.FeatureExtractor(fid.RandomConvFeatures(), fid.PROXY_NAME, 256, "cpu")
+    ext = fid.FeatureExtractor(fid_networks.RandomConvFeatures(), fid.PROXY_NAME, 256, "cpu")
     real, held_out = synthetic_images(300, seed=0), synthetic_images(300, seed=1)
     ref = fid.Stats.from_features(ext.features(real), ext.name)
 
@@ -289,7 +290,7 @@ def test_proxy_on_shapes_falls_as_images_approach_the_real_ones(size=16):
     colour) score far above real images. Catches a proxy blind to colour or texture (a dropped colour channel, all
     filters DC-free, features from the spatial mean only) or one with the ranking reversed."""
     import image_data
-    ext = fid.FeatureExtractor(fid.RandomConvFeatures(), fid.PROXY_NAME, 256, "cpu")
+    ext = fid.FeatureExtractor(fid_networks.RandomConvFeatures(), fid.PROXY_NAME, 256, "cpu")
     shapes = lambda split, first, n: image_data.downsample(                                # noqa: E731
         image_data.make_shapes(0, first + 10, n, split).images[first * n:], size)      # (10 n, 3, S, S)
     ref = fid.Stats.from_features(ext.features(shapes(1, 0, 30)), ext.name)
@@ -306,7 +307,7 @@ def test_proxy_on_shapes_falls_as_images_approach_the_real_ones(size=16):
 
 
 def test_classifier_proxy_weighs_shape_above_noise_where_the_random_conv_proxy_does_not(size=16):
-    """The shapes proxy (a classifier fitted on split 2, fid.ClassifierFeatures, as in the small preset), against
+    """The shapes proxy (a classifier fitted on split 2, fid_networks.ClassifierFeatures, as in the small preset), against
     task 1's held-out images (5 red shapes, 60 each): the next five classes (the same red, other shapes: what a
     finetuned model draws for task 1's labels after task 2) score > 100x real images and > 3x real images with
     pixel noise of std 0.3 in [-1, 1] units (0.15 of the 0..255 range); one shape drawn for all five labels > 50x
@@ -320,7 +321,7 @@ def test_classifier_proxy_weighs_shape_above_noise_where_the_random_conv_proxy_d
     assert ext.name == fid.CLASSIFIER_PROXY_NAME and ext.is_proxy and ext.dim == 128
     held, real = (image_data.downsample(image_data.make_shapes(0, 10, 60, split).images, size) for split in (1, 0))
     task1, task2, real1 = held[:300], held[300:], real[:300]                             # (300, 3, S, S)
-    randconv = fid.FeatureExtractor(fid.RandomConvFeatures(), fid.PROXY_NAME, 256, "cpu")
+    randconv = fid.FeatureExtractor(fid_networks.RandomConvFeatures(), fid.PROXY_NAME, 256, "cpu")
     sets = {"real": real1, "task2": task2, "one shape": np.concatenate([real1[:60]] * 5),
             "noise .15": add_noise(real1, 0.15), "noise .1": add_noise(real1, 0.1),
             "blur 1.5": gaussian_blur(real1, 1.5), "blur .7": gaussian_blur(real1, 0.7)}
@@ -336,7 +337,7 @@ def test_classifier_proxy_weighs_shape_above_noise_where_the_random_conv_proxy_d
 
 
 def test_proxy_is_fixed_and_input_conventions():
-    a, b = fid.RandomConvFeatures(), fid.RandomConvFeatures()
+    a, b = fid_networks.RandomConvFeatures(), fid_networks.RandomConvFeatures()
     torch.testing.assert_close(a.w2, b.w2, rtol=0, atol=0)
     # the first stage is RandomState(0)'s first draws, 48 filters with their spatial mean removed;
     # the pinned value guards NumPy's legacy stream (the proxy must be one network on every machine)
