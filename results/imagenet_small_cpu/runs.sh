@@ -25,3 +25,4 @@ printf "%s\n" "tr 0" "ftml 0" "tr 1" "vrmcl 0" "tr 2" "replay 0" "replay 1" "rep
 python metrics.py aggregate runs/imagenet-small/*-s? --out results/imagenet_small_cpu
 python train_imagenet.py --compare runs/imagenet-small/*-s? --out results/imagenet_small_cpu/task1_methods.png
 python results/imagenet_small_cpu/terms.py runs/imagenet-small/tr-s? > results/imagenet_small_cpu/terms.md
+python results/imagenet_small_cpu/task1_check.py runs/imagenet-small/*-s? > results/imagenet_small_cpu/task1_check.md
