@@ -375,7 +375,7 @@ def save_task1(path: str, cfg, state: dict, model, learner, metrics_path: str) -
 
 def load_task1(path: str, model, learner, pool, log) -> dict:
     """Restore a `save_task1` snapshot into a fresh run (its records are logged again); returns the loop state.
-    The run then continues exactly as if it had trained Task 1 itself (tests/test_train_imagenet.py)."""
+    The run then continues exactly as if it had trained Task 1 itself (tests/test_imagenet.py)."""
     ck = torch.load(path, map_location="cpu", weights_only=False)
     state, _ = restore(ck, model, learner, pool)
     for record in ck["records"]:
