@@ -345,6 +345,16 @@ TASK1_FREE_FIELDS = ("method", "lam", "fisher", "fisher_samples", "fisher_batch"
                      "replay_ratio", "replay_ddim_steps", "replay_rebuild", "task1_cache")  # only used after Task 1
 
 
+def lr_at(cfg, step: int, task_steps: int) -> float:
+    """The (outer) Adam lr at 0-based in-task step `step` of a task of task_steps updates (both training scripts):
+    cfg.lr (constant, the paper's), or cosine: cfg.lr min(1, (step + 1) / lr_warmup) (1 + cos(pi step / task_steps))
+    / 2, restarting at every task (a CPU deviation; each script's docstring says why its small preset uses it)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    warm = min(1.0, (step + 1) / max(cfg.lr_warmup, 1))
+    return cfg.lr * warm * (1 + math.cos(math.pi * step / task_steps)) / 2
+
+
 def check_task1_cache(cfg, runtime_fields=()) -> None:
     """ValueError (one line) unless cfg may use cfg.task1_cache: a method of TASK1_METHODS and, if the file exists,
     a snapshot written by a run whose configuration equals cfg in every field that Task 1 depends on."""

@@ -60,6 +60,8 @@ class Config:
     model: str = "paper"  # paper (83.3M, App. C.2.1) | small (5.5M) | compact (1.7M) | tiny (unet.py)
     batch_size: int = 256  # Table 4 (bilevel: 128 support + 128 query)
     lr: float = 2e-4  # Table 4, Adam (outer)
+    lr_schedule: str = "constant"  # constant (Table 4) | cosine: lr (1 + cos(pi s / S)) / 2 at step s of each task's S
+    lr_warmup: int = 0  # cosine only: the lr also rises linearly over each task's first lr_warmup steps
     steps_per_task: int = 50_000  # Table 4, gradient / meta updates per task
     fisher: str = "rank1"  # rank1 (Wang et al. 2026, the paper) | diag (classic EWC, for comparison)
     fisher_samples: int = 20_000  # Table 4, Fisher samples per task
@@ -120,8 +122,8 @@ PRESETS = {
                   ddim_steps=2, eval_episodes=2, curve_episodes=2, rollout_batch=2, log_every=4,
                   checkpoint_every=3, workers=1, progress=False),
 }
-CHOICES = {"method": meta_baselines.METHODS, "model": tuple(MODELS), "fisher": fisher.FISHER_KINDS,
-           "demo_keep": ("success", "all"), "compile": meta_baselines.COMPILE_MODES}
+CHOICES = {"method": meta_baselines.METHODS, "model": tuple(MODELS), "lr_schedule": ("constant", "cosine"),
+           "fisher": fisher.FISHER_KINDS, "demo_keep": ("success", "all"), "compile": meta_baselines.COMPILE_MODES}
 STREAM_TRAIN, STREAM_NOISE, STREAM_EVAL, STREAM_FISHER, STREAM_REPLAY = range(5)  # experiment.generator's last key
 
 
@@ -145,7 +147,7 @@ def validate(cfg: Config) -> None:
     experiment.validate_common(cfg, positive=(
         "batch_size", "lr", "steps_per_task", "fisher_samples", "replay_rollouts", "replay_windows", "demos_per_task",
         "max_path_length", "eval_episodes", "curve_episodes", "rollout_batch", "log_every", "checkpoint_every"),
-        non_negative=("lam", "beta", "replay_ratio", "inner_lr", "vr_momentum", "grad_clip", "workers", "env_workers",
+        non_negative=("lr_warmup", "lam", "beta", "replay_ratio", "inner_lr", "vr_momentum", "grad_clip", "workers", "env_workers",
                       "threads"))
     tasks = task_list(cfg)
     experiment.require(bool(tasks) and len(set(tasks)) == len(tasks),
@@ -218,6 +220,8 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
         bar = tqdm(range(state["step"], cfg.steps_per_task), desc=f"task {k + 1} {tasks[k]}",
                    disable=not cfg.progress, initial=state["step"], total=cfg.steps_per_task)
         for s in bar:
+            for group in learner.opt.param_groups:  # from the step alone: a resumed run continues the schedule
+                group["lr"] = experiment.lr_at(cfg, s, cfg.steps_per_task)
             g = experiment.generator(cfg.seed, k, s, STREAM_TRAIN)
             batch = data.sample(cfg.batch_size, g)  # (B, S, 4), (B, O, 39)
             replay_batch = pool.sample(replay_batch_size(cfg), g, device) if len(pool) else None

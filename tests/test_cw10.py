@@ -214,3 +214,17 @@ def test_sequence_name_says_when_a_run_is_a_subsequence():
     assert small == list(cw10_data.CW10[5:]) and cw.sequence_name(small) == "subsequence of CW10: tasks 6-10"
     assert cw.sequence_name(["hammer", "push"]) == "subsequence of CW10: tasks 1,7"
     assert cw.sequence_name(["push"]) == "subsequence of CW10: task 7"
+
+
+def test_cosine_lr_schedule_drives_the_optimizer(data_dir, tmp_path):
+    """--lr-schedule cosine sets Adam's lr from experiment.lr_at at every step: the checkpoint at the end of the
+    last task holds the lr of its last step (a loop that never sets it keeps --lr; one that uses the global step
+    instead of the in-task step gets another value)."""
+    proc = run_script(tmp_path / "cos", data_dir, "--lr-schedule", "cosine", "--lr-warmup", "3", "--lr", "1e-3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ck = torch.load(tmp_path / "cos" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    cfg = smoke_cfg(data_dir, lr=1e-3, lr_schedule="cosine", lr_warmup=3)
+    last = cfg.steps_per_task - 1
+    lrs = [g["lr"] for g in ck["learner"]["opt"]["param_groups"]]  # the default method, tr
+    assert lrs == [pytest.approx(cw.experiment.lr_at(cfg, last, cfg.steps_per_task), rel=1e-12)] * len(lrs)
+    assert cw.experiment.lr_at(cfg, last, cfg.steps_per_task) < 1e-3 * 0.1

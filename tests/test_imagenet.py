@@ -13,6 +13,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import experiment  # noqa: E402
 import image_data
 import train_imagenet as ti  # noqa: E402
 from conftest import default_sigint, stop_at  # noqa: E402
@@ -171,12 +172,12 @@ def test_config_defaults_are_table3_and_flags_generated():
 def test_lr_schedule():
     """constant = cfg.lr at every step (Table 3); cosine = linear warm-up over lr_warmup steps times a half cosine
     from cfg.lr to 0 over the task, restarting at each task (its values at both ends and the middle)."""
-    assert {ti.lr_at(ti.Config(), s, 10) for s in range(10)} == {2e-4}
+    assert {experiment.lr_at(ti.Config(), s, 10) for s in range(10)} == {2e-4}
     cfg = ti.Config(lr=4e-3, lr_schedule="cosine", lr_warmup=200)
-    assert ti.lr_at(cfg, 0, 4000) == pytest.approx(4e-3 / 200 * (1 + np.cos(0)) / 2, rel=1e-12)
-    assert ti.lr_at(cfg, 2000, 4000) == pytest.approx(2e-3, rel=1e-12)
-    assert ti.lr_at(cfg, 1999, 2000) == pytest.approx(4e-3 * (1 + np.cos(np.pi * 1999 / 2000)) / 2, rel=1e-12)
-    assert ti.lr_at(cfg, 199, 4000) > ti.lr_at(cfg, 99, 4000) > ti.lr_at(cfg, 0, 4000)
+    assert experiment.lr_at(cfg, 0, 4000) == pytest.approx(4e-3 / 200 * (1 + np.cos(0)) / 2, rel=1e-12)
+    assert experiment.lr_at(cfg, 2000, 4000) == pytest.approx(2e-3, rel=1e-12)
+    assert experiment.lr_at(cfg, 1999, 2000) == pytest.approx(4e-3 * (1 + np.cos(np.pi * 1999 / 2000)) / 2, rel=1e-12)
+    assert experiment.lr_at(cfg, 199, 4000) > experiment.lr_at(cfg, 99, 4000) > experiment.lr_at(cfg, 0, 4000)
 
 
 def test_batches_walk_epoch_permutations():
