@@ -527,6 +527,8 @@ def aggregate(run_dirs, out_dir):
         extra = first.get("extra", {})
         if extra.get("dataset") not in (None, "imagenet32"):  # a stand-in dataset (e.g. train_imagenet's shapes)
             title += f" [dataset: {extra['dataset']}]"
+        if extra.get("sequence") not in (None, "CW10"):  # train_cw10's subsequences (e.g. the small preset's)
+            title += f" [{extra['sequence']}]"
         note = (f"FID-proxy (extractor {extra.get('extractor')}): not comparable to published FID."
                 if extra.get("is_proxy") else "")
         t1.append(table1_markdown({name(m): ss for m, ss in by_method.items()}, first["score_name"], title, note,

@@ -287,3 +287,17 @@ def test_summary_markdown_shows_matrix_and_tables(tmp_path):
     md = metrics.summary_markdown(s)
     assert "| c | 85.0 | 20.0 | 90.0 |" in md and "| b | 20.0 | 90.0 | — |" in md
     assert "| Finetuning | 65.0% ± — | 37.5 ± — | 1 |" in md and "Steps to re-converge Task 2" in md
+
+
+def test_aggregate_names_a_cw10_subsequence_in_the_titles(tmp_path):
+    """Runs of a CW10 subsequence (the small preset) say so in both tables; whole-CW10 runs do not."""
+    run = _write_run(tmp_path, "tr", 1)
+    s = json.loads(open(os.path.join(run, "summary.json")).read())
+    s["extra"]["sequence"] = "subsequence of CW10: tasks 6-10"
+    metrics.atomic_write_json(os.path.join(run, "summary.json"), s)
+    t1, t2 = (open(p).read() for p in metrics.aggregate([run], str(tmp_path / "agg"))[:2])
+    assert "### CW10 [subsequence of CW10: tasks 6-10]" in t1
+    assert "# Table 2 (CW10 [subsequence of CW10: tasks 6-10])" in t2
+    s["extra"]["sequence"] = "CW10"
+    metrics.atomic_write_json(os.path.join(run, "summary.json"), s)
+    assert "subsequence" not in open(metrics.aggregate([run], str(tmp_path / "agg2"))[0]).read()
