@@ -1,0 +1,28 @@
+"""One row per CW10 run: each task's own success right after it (the diagonal of R), how many reach 0.5, the
+average success and forgetting, Task 1 at the end, and the costs (wall time from /usr/bin/time -v in RUN.time,
+s/step and minutes of evaluation rollouts from timing.json).
+
+    python results/cw10_small_cpu/runs_table.py runs/cw10-small/*-s? > results/cw10_small_cpu/runs.md
+"""
+import json
+import re
+import sys
+from pathlib import Path
+
+
+def main(run_dirs):
+    print("| run | own success (diagonal of R) | >= 0.5 | SR | F | Task 1 at the end | wall | s/step | rollout min |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for d in map(Path, run_dirs):
+        s = json.loads((d / "summary.json").read_text())
+        timing = json.loads((d / "timing.json").read_text())
+        wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)",
+                         Path(f"{d}.time").read_text()).group(1)
+        diag = [s["R"][i][i] for i in range(len(s["R"]))]
+        print(f"| {d.name} | {', '.join(f'{v:.2f}' for v in diag)} | {sum(v >= 0.5 for v in diag)}/{len(diag)} "
+              f"| {s['average']:.2f} | {s['forgetting']:.2f} | {s['R'][-1][0]:.2f} | {wall} "
+              f"| {timing['s_per_step']:.3f} | {timing['rollout_s'] / 60:.1f} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
