@@ -1,8 +1,8 @@
 """Markdown table of single-task learning curves: python results/cw10_single_task_cpu/curve_table.py RUN_ROOT...
 
 Each RUN_ROOT holds one folder per run (a train_cw10.py run with --tasks TASK --curve ...); prints one row per
-run: its folder name, task, model, lr (and schedule), batch, demos, success at every curve point (from metrics.jsonl "curve" records), the episodes behind each
-point, training seconds per step and the run's wall minutes (from timing.json, written by timed_run.py).
+run: its folder name, task, model, lr (and schedule), batch, demos, success at every curve point (from
+metrics.jsonl "curve" records), the episodes behind each point, training seconds per step and the run's wall minutes (from timing.json, written by timed_run.py).
 """
 import json
 import os
