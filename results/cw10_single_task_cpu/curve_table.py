@@ -2,7 +2,8 @@
 
 Each RUN_ROOT holds one folder per run (a train_cw10.py run with --tasks TASK --curve ...); prints one row per
 run: its folder name, task, model, lr (and schedule), batch, demos, success at every curve point (from
-metrics.jsonl "curve" records), the episodes behind each point, training seconds per step and the run's wall minutes (from timing.json, written by timed_run.py).
+metrics.jsonl "curve" records), the episodes behind each point, training seconds per step and the run's wall
+minutes (from timing.json, written by timed_run.py).
 """
 import json
 import os
