@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The 12 runs of results/cw10_small_cpu/ at the `small` preset (CW10's tasks 6-10), two at a time with one torch
 # thread each, then Table 1, Table 2 and Figure 2. From the repository root:
-#     bash results/cw10_small_cpu/runs.sh        # about 1 h on 2 cores
+#     bash results/cw10_small_cpu/runs.sh        # about 1 h 45 min on 2 cores (2026-11-29: 21:38-23:21, λ runs beside)
 # Each run: /usr/bin/time -v (wall time, peak memory) around timed_run.py, which runs train_cw10.main unchanged and
 # adds timing.json (seconds in training steps and in evaluation rollouts).
 set -euo pipefail
@@ -17,7 +17,7 @@ export -f one
 printf "%s\n" "vrmcl 0" "tr 0" "ftml 0" "tr 1" "tr 2" "replay 0" "replay 1" "replay 2" "ewc 0" "finetune 0" \
   "finetune 1" "finetune 2" | xargs -P 2 -L 1 bash -c 'one "$0" "$1"'
 python metrics.py aggregate runs/cw10-small/*-s? --out results/cw10_small_cpu
-# the lambda sweep (tr, seed 0; lambda/), then the tables and each run's files under results/cw10_small_cpu
+# the lambda sweep (tr, seed 0; lambda.md), then the tables and each run's files under results/cw10_small_cpu
 mkdir -p runs/cw10-small-lam
 for L in 120 1200 12000; do
   /usr/bin/time -v -o "runs/cw10-small-lam/tr-lam$L.time" python results/cw10_single_task_cpu/timed_run.py \
