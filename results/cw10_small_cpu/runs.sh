@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The 12 runs of results/cw10_small_cpu/ at the `small` preset (CW10's tasks 6-10), two at a time with one torch
 # thread each, then Table 1, Table 2 and Figure 2. From the repository root:
-#     bash results/cw10_small_cpu/runs.sh        # about 1 h 45 min on 2 cores (2026-11-29: 21:38-23:21, λ runs beside)
+#     bash results/cw10_small_cpu/runs.sh   # 12 runs: 1 h 45 min on 2 cores (21:38-23:21); λ runs: ~40 min more
 # Each run: /usr/bin/time -v (wall time, peak memory) around timed_run.py, which runs train_cw10.main unchanged and
 # adds timing.json (seconds in training steps and in evaluation rollouts).
 set -euo pipefail
