@@ -355,6 +355,13 @@ def lr_at(cfg, step: int, task_steps: int) -> float:
     return cfg.lr * warm * (1 + math.cos(math.pi * step / task_steps)) / 2
 
 
+def set_lr(learner, cfg, step: int, task_steps: int) -> None:
+    """Set the learner's Adam lr to lr_at(cfg, step, task_steps) before in-task step `step`; computed from the step
+    alone, so a resumed run continues the schedule."""
+    for group in learner.opt.param_groups:
+        group["lr"] = lr_at(cfg, step, task_steps)
+
+
 def check_task1_cache(cfg, runtime_fields=()) -> None:
     """ValueError (one line) unless cfg may use cfg.task1_cache: a method of TASK1_METHODS and, if the file exists,
     a snapshot written by a run whose configuration equals cfg in every field that Task 1 depends on."""

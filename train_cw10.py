@@ -225,8 +225,7 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
         bar = tqdm(range(state["step"], cfg.steps_per_task), desc=f"task {k + 1} {tasks[k]}",
                    disable=not cfg.progress, initial=state["step"], total=cfg.steps_per_task)
         for s in bar:
-            for group in learner.opt.param_groups:  # from the step alone: a resumed run continues the schedule
-                group["lr"] = experiment.lr_at(cfg, s, cfg.steps_per_task)
+            experiment.set_lr(learner, cfg, s, cfg.steps_per_task)
             g = experiment.generator(cfg.seed, k, s, STREAM_TRAIN)
             batch = data.sample(cfg.batch_size, g)  # (B, S, 4), (B, O, 39)
             replay_batch = pool.sample(replay_batch_size(cfg), g, device) if len(pool) else None

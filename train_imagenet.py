@@ -321,8 +321,7 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
         bar = tqdm(range(state["step"], steps[k]), desc=f"task {k + 1}/{cfg.num_tasks}", disable=not cfg.progress,
                    initial=state["step"], total=steps[k])
         for s in bar:
-            for group in learner.opt.param_groups:  # from the step alone: a resumed run continues the schedule
-                group["lr"] = experiment.lr_at(cfg, s, steps[k])
+            experiment.set_lr(learner, cfg, s, steps[k])
             batch = to_batch(batch_rows(cfg, k, s, rows))
             g = experiment.generator(cfg.seed, k, s, STREAM_TRAIN)
             replay_batch = pool.sample(round(cfg.replay_ratio * cfg.batch_size), g, device) if len(pool) else None

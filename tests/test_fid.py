@@ -307,12 +307,11 @@ def test_proxy_on_shapes_falls_as_images_approach_the_real_ones(size=16):
 
 
 def test_classifier_proxy_weighs_shape_above_noise_where_the_random_conv_proxy_does_not(size=16):
-    """The shapes proxy (a classifier fitted on split 2, fid_networks.ClassifierFeatures, as in the small
-    preset), against
-    task 1's held-out images (5 red shapes, 60 each): the next five classes (the same red, other shapes: what a
-    finetuned model draws for task 1's labels after task 2) score > 100x real images and > 3x real images with
-    pixel noise of std 0.3 in [-1, 1] units (0.15 of the 0..255 range); one shape drawn for all five labels > 50x
-    real; noise and blur rank as for any FID (measured: real 2.5, other shapes 2,278, that noise 251).
+    """The shapes proxy (a classifier fitted on split 2, fid_networks.ClassifierFeatures, as in the small preset),
+    against task 1's held-out images (5 red shapes, 60 each): the next five classes (the same red, other shapes:
+    what a finetuned model draws for task 1's labels after task 2) score > 100x real images and > 3x real images
+    with pixel noise of std 0.3 in [-1, 1] units (0.15 of the 0..255 range); one shape drawn for all five labels
+    > 50x real; noise and blur rank as for any FID (measured: real 2.5, other shapes 2,278, that noise 251).
     The random-conv proxy ranks the other shapes *below* that noise: the case the classifier exists for. Catches
     a classifier whose features ignore the input (untrained, or frozen at init) or features taken after the head
     (5 logits)."""

@@ -1,7 +1,8 @@
 """Issue 14's convergence test, run by run: Task 1's FID-proxy curve at 3/4 of Task 1 and at its end, and the
 change between them (converged: |change| < 10 %), with the range over the last quarter's points.
 
-    python results/imagenet_small_cpu/task1_check.py runs/imagenet-small/*-s? > results/imagenet_small_cpu/task1_check.md
+    python results/imagenet_small_cpu/task1_check.py runs/imagenet-small/*-s? \
+        > results/imagenet_small_cpu/task1_check.md
 """
 import json
 import sys
@@ -18,8 +19,8 @@ def main(run_dirs):
         q3 = max(g for g in curve if g <= 3 * n // 4)
         quarter = [f"{curve[g]:.1f}" for g in sorted(curve) if g >= q3]
         change = curve[n] / curve[q3] - 1
-        print(f"| {s['method']} s{s['seed']} | {n} | {curve[q3]:.1f} (step {q3}) | {curve[n]:.1f} | {100 * change:+.0f} % "
-              f"| {', '.join(quarter)} | {'yes' if abs(change) < 0.1 else 'no'} |")
+        print(f"| {s['method']} s{s['seed']} | {n} | {curve[q3]:.1f} (step {q3}) | {curve[n]:.1f} "
+              f"| {100 * change:+.0f} % | {', '.join(quarter)} | {'yes' if abs(change) < 0.1 else 'no'} |")
 
 
 if __name__ == "__main__":
