@@ -96,8 +96,9 @@ def _objective(fn_model, loss_fn, replay_loss_fn, beta, batch, replay_batch, gen
 
 
 def meta_gradient(model, params, loss_fn, replay_loss_fn, batch, replay_batch=None, inner_lr=1e-4, beta=1.0,
-                  second_order=False, generator=None):
+                  second_order=False, generator=None, bf16=False):
     """One-inner-step MAML meta-gradient at `params` (name -> leaf tensor requiring grad).
+    bf16: the forward passes under bf16 autocast (trust_region.forward_precision); gradients stay float32.
 
     Returns (grads, logs): grads is a list aligned with params.values(), zeros for unused parameters.
     The support loss draws its noise from `generator` first, then the query loss.
@@ -106,13 +107,16 @@ def meta_gradient(model, params, loss_fn, replay_loss_fn, batch, replay_batch=No
     rep_support, rep_query = (None, None) if replay_batch is None else split_support_query(replay_batch)
     names, leaves = list(params), list(params.values())
 
-    loss_s, _, _ = _objective(_AtParams(model, params), loss_fn, replay_loss_fn, beta, support, rep_support,
-                              generator)
+    device = leaves[0].device
+    with trust_region.forward_precision(device, bf16):
+        loss_s, _, _ = _objective(_AtParams(model, params), loss_fn, replay_loss_fn, beta, support, rep_support,
+                                  generator)
     inner = torch.autograd.grad(loss_s, leaves, create_graph=second_order, allow_unused=True)
     adapted = {n: p if g is None else p - inner_lr * g for n, p, g in zip(names, leaves, inner)}  # U(theta)
 
-    loss_q, loss_cur, loss_replay = _objective(_AtParams(model, adapted), loss_fn, replay_loss_fn, beta, query,
-                                               rep_query, generator)
+    with trust_region.forward_precision(device, bf16):
+        loss_q, loss_cur, loss_replay = _objective(_AtParams(model, adapted), loss_fn, replay_loss_fn, beta, query,
+                                                   rep_query, generator)
     outer = torch.autograd.grad(loss_q, leaves, allow_unused=True)  # d L_q(U(theta)) / d theta
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, outer)]
     logs = {"loss": loss_q.detach(), "loss_support": loss_s.detach(), "loss_cur": loss_cur.detach()}
@@ -129,8 +133,8 @@ class FTMLLearner:
     """FTML with one inner SGD step and an Adam outer step; first order unless second_order=True."""
 
     def __init__(self, model, loss_fn, replay_loss_fn=None, lr=2e-4, inner_lr=1e-4, beta=1.0, second_order=False,
-                 grad_clip=None):
-        self.model, self.loss_fn, self.replay_loss_fn = model, loss_fn, replay_loss_fn
+                 grad_clip=None, bf16=False):
+        self.model, self.loss_fn, self.replay_loss_fn, self.bf16 = model, loss_fn, replay_loss_fn, bf16
         self.inner_lr, self.beta, self.second_order, self.grad_clip = inner_lr, beta, second_order, grad_clip
         self.named = {n: p for n, p in model.named_parameters() if p.requires_grad}
         params = list(self.named.values())
@@ -140,7 +144,7 @@ class FTMLLearner:
         if replay_batch is not None and self.replay_loss_fn is None:
             raise ValueError("a replay batch was given but the learner has no replay_loss_fn")
         return meta_gradient(self.model, params, self.loss_fn, self.replay_loss_fn, batch, replay_batch,
-                             self.inner_lr, self.beta, self.second_order, generator)
+                             self.inner_lr, self.beta, self.second_order, generator, self.bf16)
 
     def _direction(self, batch, replay_batch, generator):
         """The outer gradient to hand to Adam: the meta-gradient at the current parameters."""
@@ -174,8 +178,8 @@ class VRMCLLearner(FTMLLearner):
     """VR-MCL: FTML whose meta-gradient is replaced by the STORM estimate m_b before the Adam step."""
 
     def __init__(self, model, loss_fn, replay_loss_fn=None, lr=2e-4, inner_lr=1e-4, beta=1.0, second_order=False,
-                 grad_clip=None, r=0.15):
-        super().__init__(model, loss_fn, replay_loss_fn, lr, inner_lr, beta, second_order, grad_clip)
+                 grad_clip=None, r=0.15, bf16=False):
+        super().__init__(model, loss_fn, replay_loss_fn, lr, inner_lr, beta, second_order, grad_clip, bf16)
         self.r = r  # official run commands: --s_momentum 0.15 (see module docstring)
         self.prev_params = None  # theta_{b-1}: list of tensors
         self.momentum = None  # m_{b-1}: list of tensors
@@ -245,7 +249,7 @@ def make_learner(method, model, sched, cfg):
     """The learner of `method` for a diffusion model: the Eq. (3) loss on current batches and, for replay
     methods, the replay loss of `replay_kind(method)` (learner.replay_loss_fn, a replay.ReplayLoss whose
     teacher the caller sets at each task boundary). cfg is any object with (some of) lr, lam, beta,
-    inner_lr, vr_momentum, second_order, grad_clip. All learners share
+    inner_lr, vr_momentum, second_order, grad_clip, bf16. All learners share
     step(batch, replay_batch=None, generator=None, log_terms=False) -> dict of 0-d tensors."""
     _check(method)
     loss_fn = diffusion.loss_fn(sched)
@@ -254,15 +258,16 @@ def make_learner(method, model, sched, cfg):
     lr = getattr(cfg, "lr", 2e-4)  # Tables 3-4
     beta = getattr(cfg, "beta", 1.0)  # replay ratio 1.0, weight 1 (reference notes §2)
     grad_clip = getattr(cfg, "grad_clip", None) or None  # 0 and None both mean "no clipping"
+    bf16 = getattr(cfg, "bf16", False)  # bf16 autocast of the forward passes (issue 11); float32 by default
     if method in ("ftml", "vrmcl"):
         kwargs = dict(lr=lr, inner_lr=getattr(cfg, "inner_lr", 1e-4), beta=beta,
-                      second_order=getattr(cfg, "second_order", False), grad_clip=grad_clip)
+                      second_order=getattr(cfg, "second_order", False), grad_clip=grad_clip, bf16=bf16)
         if method == "ftml":
             return FTMLLearner(model, loss_fn, replay_loss, **kwargs)
         return VRMCLLearner(model, loss_fn, replay_loss, r=getattr(cfg, "vr_momentum", 0.15), **kwargs)
     lam = getattr(cfg, "lam", 0.0) if uses_fisher(method) else 0.0
     return trust_region.TrustRegionLearner(model, loss_fn, replay_loss, beta=beta if replay_loss else 0.0,
-                                           lam=lam, lr=lr, grad_clip=grad_clip)
+                                           lam=lam, lr=lr, grad_clip=grad_clip, bf16=bf16)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,15 +315,17 @@ BENCH_MODELS = {  # name -> (factory, x0 shape, cond maker (B, generator) -> con
                      lambda b, g: torch.randint(0, 500, (b,), generator=g)),
 }
 BENCH_ROWS = ("finetune", "ewc", "replay", "tr", "ftml", "vrmcl", "ftml --second-order", "vrmcl --second-order")
-# a row with " +compile" runs the method with compile_denoiser(model, compile_mode); " +sync" reads every logged
-# value (float(v)) after every step, the per-step host synchronisation that the training loops avoid
+# a row with " +compile" runs the method with compile_denoiser(model, compile_mode); " +bf16" with its forward passes
+# under bf16 autocast; " +sync" reads every logged value (float(v)) after every step, the per-step host
+# synchronisation that the training loops avoid
 
 
 def _bench_learner(row, base, sched, old_tasks, device, compile_mode):
     """A learner for a benchmark row on a fresh copy of `base`, with Fishers and a teacher where needed."""
     method, second_order = row.split()[0], "--second-order" in row
     model = copy.deepcopy(base)
-    learner = make_learner(method, model, sched, argparse.Namespace(lam=1.0, second_order=second_order))
+    learner = make_learner(method, model, sched, argparse.Namespace(lam=1.0, second_order=second_order,
+                                                                    bf16="+bf16" in row))
     if "+compile" in row:
         compile_denoiser(model, compile_mode)
     if learner.replay_loss_fn is not None:
@@ -335,9 +342,12 @@ def _bench_learner(row, base, sched, old_tasks, device, compile_mode):
 
 
 def bench(model_name="unet1d_small", batch_size=32, rounds=12, old_tasks=1, device="cpu", rows=BENCH_ROWS,
-          compile_mode="default"):
-    """Seconds of every training step of each row, {row: [seconds per round]}, measured in interleaved rounds (one
-    step of every row per round) so that drift in machine load affects all rows alike."""
+          compile_mode="default", chain=1, profile=False):
+    """Seconds of every training step of each row, {row: [seconds per step, one value per round]}, measured in
+    interleaved rounds so that drift in machine load affects all rows alike. Each round times `chain` consecutive
+    steps of every row between two device synchronisations (chain > 1: throughput, with the host running ahead of
+    the device as in a training loop; chain = 1: latency). profile=True adds {row: profile_steps(...)} after the
+    timing as a second return value."""
     device = torch.device(device)
     factory, shape, make_cond = BENCH_MODELS[model_name]
     torch.manual_seed(0)
@@ -349,21 +359,54 @@ def bench(model_name="unet1d_small", batch_size=32, rounds=12, old_tasks=1, devi
         pool.add(k, torch.randn(4 * batch_size, *shape, generator=g), make_cond(4 * batch_size, g))
     learners = {row: _bench_learner(row, base, sched, old_tasks, device, compile_mode) for row in rows}
     times = {row: [] for row in rows}
+
+    def run(row, learner, batch, replay_batch):
+        step_gen = torch.Generator(device).manual_seed(1)
+        for _ in range(chain):
+            logs = learner.step(batch, replay_batch if uses_replay(row.split()[0]) else None, step_gen)
+            if "+sync" in row:
+                logs = {name: float(v) for name, v in logs.items()}
+
     for _ in tqdm(range(rounds), desc="bench rounds"):
         batch = (torch.randn(batch_size, *shape, generator=g).to(device), make_cond(batch_size, g).to(device))
         replay_batch = pool.sample(batch_size, g, device)
         for row, learner in learners.items():
-            step_gen = torch.Generator(device).manual_seed(1)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            _synchronize(device)
             start = time.perf_counter()
-            logs = learner.step(batch, replay_batch if uses_replay(row.split()[0]) else None, step_gen)
-            if "+sync" in row:
-                logs = {name: float(v) for name, v in logs.items()}
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[row].append(time.perf_counter() - start)
-    return times
+            run(row, learner, batch, replay_batch)
+            _synchronize(device)
+            times[row].append((time.perf_counter() - start) / chain)
+    if not profile:
+        return times
+    return times, {row: profile_steps(lambda: run(row, learner, batch, replay_batch), device, chain)
+                   for row, learner in learners.items()}
+
+
+def _synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def profile_steps(fn, device, steps):
+    """Where the time of `steps` training steps (fn runs them) goes, from torch.profiler: {"wall_ms", "kernel_ms"
+    (summed time of the device's kernels; on the CPU the summed self time of the operators), "kernels" (launches),
+    "top": [(name, ms)] the five largest by self time}, each per step. kernel_ms / wall_ms far below 1 means the
+    step waits on the host (kernel launches, Python), not on the device's arithmetic."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _synchronize(device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        wall = time.perf_counter() - start
+    kind = DeviceType.CUDA if device.type == "cuda" else DeviceType.CPU
+    events = [e for e in prof.key_averages() if e.device_type == kind]
+    self_us = (lambda e: e.self_device_time_total) if device.type == "cuda" else (lambda e: e.self_cpu_time_total)
+    top = sorted(events, key=self_us, reverse=True)[:5]
+    return {"wall_ms": 1e3 * wall / steps, "kernel_ms": sum(map(self_us, events)) / 1e3 / steps,
+            "kernels": sum(e.count for e in events) / steps, "top": [(e.key, self_us(e) / 1e3 / steps) for e in top]}
 
 
 def main(argv=None):
@@ -380,14 +423,20 @@ def main(argv=None):
                         help="also time every first-order row compiled with this torch.compile mode (+compile rows)")
     parser.add_argument("--sync", action="store_true", help="also time every row reading its logged values after "
                                                             "every step (+sync rows: a host sync per step)")
+    parser.add_argument("--bf16", action="store_true", help="also time every first-order row with its forward "
+                                                            "passes under bf16 autocast (+bf16 rows)")
+    parser.add_argument("--chain", type=int, default=1, help="consecutive steps per timing (1: latency of one step; "
+                                                             "more: throughput as in a training loop)")
+    parser.add_argument("--profile", action="store_true", help="after timing, profile `chain` steps of every row: "
+                                                               "device kernel time and launches per step")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if not args.bench:
         parser.error("nothing to do: pass --bench")
     if args.batch < 2 or args.batch % 2:
         parser.error(f"--batch must be even and >= 2 (support/query split), got {args.batch}")
-    if args.steps < 1 or args.old_tasks < 1:
-        parser.error("--steps and --old-tasks must be >= 1")
+    if args.steps < 1 or args.old_tasks < 1 or args.chain < 1:
+        parser.error("--steps, --old-tasks and --chain must be >= 1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods or any(m not in METHODS for m in methods):
         parser.error(f"--methods must name methods of {METHODS}, got {args.methods!r}")
@@ -396,23 +445,34 @@ def main(argv=None):
     rows = [r for r in BENCH_ROWS if r.split()[0] in methods and not (args.no_second_order and "--second" in r)]
     # torch.compile's autograd does not support the double backward of the second-order rows: eager only
     rows += [f"{r} +compile" for r in rows if args.compile != "off" and "--second" not in r]
-    rows += [f"{r} +sync" for r in rows if args.sync and "+compile" not in r]
-    times = bench(args.model, args.batch, args.steps + 2, args.old_tasks, args.device, rows, args.compile)
+    rows += [f"{r} +bf16" for r in rows if args.bf16 and "--second" not in r]
+    rows += [f"{r} +sync" for r in rows if args.sync and "+compile" not in r and "+bf16" not in r]
+    times = bench(args.model, args.batch, args.steps + 2, args.old_tasks, args.device, rows, args.compile,
+                  args.chain, args.profile)
+    times, profiles = times if args.profile else (times, {})
     # 2 warm-up rounds: compilation, and VR-MCL's first step (without a previous iterate)
     sec = {row: float(torch.tensor(t[2:]).median()) for row, t in times.items()}
     n_params = sum(p.numel() for p in BENCH_MODELS[args.model][0]().parameters())
     print(f"model {args.model} ({n_params / 1e6:.2f}M params), batch {args.batch} current + {args.batch} replay, "
           f"{args.old_tasks} old task(s), device {args.device}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, fp32, compile {args.compile}, median of {args.steps} interleaved steps "
-          f"after 2 warm-up steps (their time: compilation)")
+          f"threads {torch.get_num_threads()}, compile {args.compile}, median of {args.steps} interleaved rounds of "
+          f"{args.chain} step(s) after 2 warm-up rounds (their time: compilation)")
     first = rows[0]
     print(f"| method | ms / step | it/s | x {first} | x same method (eager, no sync) | warm-up s |\n"
           f"|---|---:|---:|---:|---:|---:|")
     for row in rows:
-        base = row.replace(" +compile", "").replace(" +sync", "")
+        base = row.replace(" +compile", "").replace(" +bf16", "").replace(" +sync", "")
         vs_base = f"{sec[row] / sec[base]:.2f}" if row != base else "-"
         print(f"| {row} | {1000 * sec[row]:.1f} | {1 / sec[row]:.2f} | {sec[row] / sec[first]:.2f} | {vs_base} | "
-              f"{sum(times[row][:2]):.1f} |")
+              f"{args.chain * sum(times[row][:2]):.1f} |")
+    if profiles:
+        print(f"\nprofile ({args.chain} steps per row; per step): wall ms, device-busy ms (summed kernel time), "
+              f"kernel launches, the largest kernels by self time")
+        print("| row | wall ms | busy ms | busy / wall | launches | top kernels (ms) |\n|---|---:|---:|---:|---:|---|")
+        for row, p in profiles.items():
+            top = "; ".join(f"{name[:40]} {ms:.2f}" for name, ms in p["top"])
+            print(f"| {row} | {p['wall_ms']:.1f} | {p['kernel_ms']:.1f} | {p['kernel_ms'] / p['wall_ms']:.2f} | "
+                  f"{p['kernels']:.0f} | {top} |")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ class Config:
     inner_lr: float = 1e-4  # Table 4, SGD inner step of ftml / vrmcl
     vr_momentum: float = 0.15  # VR-MCL r (reference notes §3; not in the paper)
     grad_clip: float = 0.0  # max gradient norm, 0 = off (not stated for CW10)
+    bf16: bool = False  # forward passes under bf16 autocast (issue 11; ours: the paper states no precision)
     horizon: int = 8  # S, Section 4.2 / Table 5
     obs_horizon: int = 6  # O, Section 4.2 / Table 5
     action_chunk: int = 2  # A, Section 4.2 / Table 5

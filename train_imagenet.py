@@ -90,6 +90,7 @@ class Config:
     steps_per_task: int = 0  # > 0 overrides epochs_per_task (gradient updates per task)
     first_task_steps: int = 0  # > 0: Task 1's gradient updates (the one task learned from random weights; not paper)
     grad_clip: float = 0.0  # clip the update's gradient norm, 0 = off (paper: not stated)
+    bf16: bool = False  # forward passes under bf16 autocast (issue 11; ours: the paper states no precision)
     fisher: str = "rank1"  # rank1 (Wang et al. 2026, the paper) | diag (classic EWC, for comparison)
     fisher_samples: int = 10_000  # Table 3: Fisher estimated over 10,000 samples per task
     fisher_batch: int = 64  # batch of the Fisher passes (memory only, same estimate)

@@ -54,6 +54,12 @@ def _mean_loss(fn, model, batch, generator):
     return fn(model, batch, generator).mean()
 
 
+def forward_precision(device: torch.device, bf16: bool):
+    """The context the learners run their forward passes in: bf16 autocast (issue 11's option; the backward
+    pass, the optimizer, term (C) and the parameters stay float32) or, with bf16=False, plain float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
 def objective(model, batch, replay_batch, loss_fn, replay_loss_fn, beta: float, lam: float,
               fishers: list[Rank1Fisher], generator=None) -> torch.Tensor:
     """Eq. (8): L_t + beta L_Replay + lam * 1/2 sum_i (theta - theta_i*)^T F_i (theta - theta_i*)."""
@@ -162,7 +168,7 @@ class TrustRegionLearner:
     """
 
     def __init__(self, model, loss_fn, replay_loss_fn=None, beta: float = 1.0, lam: float = 0.0,
-                 lr: float = 2e-4, grad_clip: float | None = None):
+                 lr: float = 2e-4, grad_clip: float | None = None, bf16: bool = False):
         if lam < 0:
             raise ValueError(f"lambda must be >= 0, got {lam}")
         if beta < 0:
@@ -170,7 +176,7 @@ class TrustRegionLearner:
         if beta > 0 and replay_loss_fn is None:
             raise ValueError("beta > 0 needs a replay_loss_fn")
         self.model, self.loss_fn, self.replay_loss_fn = model, loss_fn, replay_loss_fn
-        self.beta, self.lam, self.grad_clip = beta, lam, grad_clip
+        self.beta, self.lam, self.grad_clip, self.bf16 = beta, lam, grad_clip, bf16
         self.params = params_list(model)
         self.opt = torch.optim.Adam(self.params, lr=lr, fused=self.params[0].is_cuda)  # fused: one kernel on CUDA
         self.fishers: list[Rank1Fisher | DiagonalFisher] = []
@@ -201,13 +207,14 @@ class TrustRegionLearner:
         """One update -> dict of 0-d tensors (loss, loss_cur, grad_norm, [loss_replay], [trust_region]).
         log_terms=True also logs ||A||, ||B||, ||C|| of Eq. (9) (costs a second backward pass)."""
         self.opt.zero_grad(set_to_none=True)
-        L_cur = _mean_loss(self.loss_fn, self.model, batch, generator)                     # L_t
-        loss, logs = L_cur, {}
         use_replay = self.beta > 0 and replay_batch is not None
-        if use_replay:
-            L_rep = _mean_loss(self.replay_loss_fn, self.model, replay_batch, generator)   # L_Replay
-            loss = loss + self.beta * L_rep
-            logs["loss_replay"] = L_rep.detach()
+        with forward_precision(self.params[0].device, self.bf16):
+            L_cur = _mean_loss(self.loss_fn, self.model, batch, generator)                 # L_t
+            loss, logs = L_cur, {}
+            if use_replay:
+                L_rep = _mean_loss(self.replay_loss_fn, self.model, replay_batch, generator)  # L_Replay
+                loss = loss + self.beta * L_rep
+                logs["loss_replay"] = L_rep.detach()
         if log_terms:
             gA = torch.autograd.grad(L_cur, self.params)                                    # (A)
             logs["norm_A"] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gA)))

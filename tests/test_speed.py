@@ -42,15 +42,15 @@ def test_compile_flag_falls_back_to_eager_on_cpu():
             script.experiment.parse_config(script.Config, script.PRESETS, ["--compile", "fast"], "", script.CHOICES)
 
 
-def _train_steps(method: str, compiled: bool, device, steps: int = 3):
-    """`steps` steps of `method` on unet1d_tiny in float64 from a fixed init; the last with log_terms (the second
+def _train_steps(method: str, compiled: bool, device, steps: int = 3, dt=torch.float64, bf16=False):
+    """`steps` steps of `method` on unet1d_tiny in `dt` from a fixed init; the last with log_terms (the second
     backward of Eq. 9's norms). Returns (initial and final parameters (P,), logs of the last step as floats, number
     of graphs compiled)."""
-    dt, sched = torch.float64, diffusion.Schedule()
+    sched = diffusion.Schedule()
     torch.manual_seed(0)
     model = unet.unet1d_tiny().to(device, dt)
     initial = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu()
-    cfg = argparse.Namespace(lr=1e-3, lam=100.0, inner_lr=1e-2)  # inner_lr 1e-2: U(theta) far from theta
+    cfg = argparse.Namespace(lr=1e-3, lam=100.0, inner_lr=1e-2, bf16=bf16)  # inner_lr 1e-2: U(theta) far from theta
     learner = mb.make_learner(method, model, sched, cfg)
     if mb.uses_fisher(method):  # an old task's rank-1 Fisher anchored at the initial parameters
         theta = fisher.flat_params(model)
@@ -105,6 +105,24 @@ def test_compiled_step_equals_eager(method):
     assert logs_fast.keys() == logs_eager.keys()
     for k in logs_eager:
         assert logs_fast[k] == pytest.approx(logs_eager[k], rel=1e-6, abs=1e-9), k
+
+
+@pytest.mark.parametrize("method", ["tr", "ftml"])
+def test_bf16_forward_is_close_to_float32_but_not_equal(method):
+    """--bf16 runs the forward passes under bf16 autocast (trust_region.forward_precision), float32 otherwise.
+    One step of each from the same init and batch: the logged loss (FTML: the query loss) differs in the bf16
+    rounding range (1e-4..3e-2 relative) and the parameter updates point the same way (cosine > 0.95). Catches a flag that is not applied
+    (equal losses), a forward left in float32 on one of the two paths of FTML (the query loss's value unchanged),
+    and a bf16 backward or optimizer that breaks the step (cosine far below 1)."""
+    cpu = torch.device("cpu")
+    out = {b: _train_steps(method, False, cpu, steps=1, dt=torch.float32, bf16=b) for b in (False, True)}
+    (initial, theta32, logs32, _), (_, theta16, logs16, _) = out[False], out[True]
+    rel = abs(logs16["loss"] - logs32["loss"]) / abs(logs32["loss"])
+    cos = torch.nn.functional.cosine_similarity(theta16 - initial, theta32 - initial, dim=0)
+    print(f"{method}: loss {logs32['loss']:.6f} (float32) vs {logs16['loss']:.6f} (bf16), rel {rel:.1e}, "
+          f"cos of the updates {cos:.4f}")
+    assert 1e-4 < rel < 3e-2
+    assert cos > 0.95
 
 # ---------------------------------------------------------------------------------------------------------------
 # environments in worker processes
