@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Issue 11's measurements and the reduced-scale GPU runs, for one NVIDIA H100 (16 CPU cores). Run from the repository
-# root with metaworld/mujoco/gymnasium installed. Usage: bash gpu_runs.sh check|bench|gpu [seed]|cw10|shapes
-#   check   the fast path is correct on this GPU: compiled == eager for all six methods (CUDA graphs)
-#   bench   every row of issue 11's table, each against today's path in the same command
+# root with metaworld/mujoco/gymnasium installed. Usage: bash gpu_runs.sh measure|gpu [seed]|cw10|shapes
+#   measure every row of issue 11's table against today's path, and compiled == eager on CUDA, within a deadline
 #   cw10, shapes   three methods at once, the reduced runs of results/h100_cw10_reduced and h100_shapes_reduced
 # The H100 baseline (code of commit fc5f99e, 2026-11-24) is in results/h100_bench/README.md; CPU measurements of the
 # same commands are in results/cpu_speed/README.md. Write down the device, torch version and date with the numbers.
@@ -14,38 +13,44 @@ set -u
 export PYTHONUNBUFFERED=1
 mkdir -p runs
 case "${1:-}" in
-check)
-  # tests/test_speed.py::test_compiled_step_equals_eager on CUDA: torch.compile mode "reduce-overhead" (CUDA
-  # graphs), float64, three steps of every method against the eager step (tolerance 2e-6). If it fails, runs must
-  # use --compile default or --compile off; say which in the README.
-  python -m pytest -q -m slow tests/test_speed.py -k compiled -s ;;
-bench)
-  # 1. demo collection (issue row 6): 10 tasks x 100 demos with 16 workers, timed; fills runs/cwdata for `gpu`
-  /usr/bin/time -f "demo collection, 10 tasks x 100 demos, 16 workers: %e s wall" python -c "
-import dataclasses, train_cw10 as t, cw10_data
-cfg = dataclasses.replace(t.Config(**t.PRESETS['gpu']), workers=16, data_dir='runs/cwdata', progress=False)
-for task in cw10_data.CW10: cw10_data.load_demos(cfg, task)"
-  # 2. training step of each method (issue rows 1-3), interleaved rounds, one process per model:
-  #   "<m>" eager (logs read every log_every steps), "<m> +compile" compile_denoiser(reduce-overhead: CUDA graphs),
-  #   "<m> +sync" eager reading every logged value after every step (the per-step host sync of the old loop)
-  python meta_baselines.py --bench --device cuda --model unet1d_paper --batch 256 --steps 20 --no-second-order \
-    --methods finetune,replay,tr --compile reduce-overhead --sync
-  python meta_baselines.py --bench --device cuda --model unet1d_small --batch 32 --steps 30 --no-second-order \
-    --methods finetune,tr --compile reduce-overhead
-  python meta_baselines.py --bench --device cuda --model unet1d_small --batch 256 --steps 30 --no-second-order \
-    --methods finetune,replay,tr --compile reduce-overhead
-  python meta_baselines.py --bench --device cuda --model unet2d_paper --batch 128 --steps 20 --no-second-order \
-    --methods finetune,tr --compile reduce-overhead
-  # 3. rank-1 Fisher (issue row 4): batched (vmap) vs the one-sample loop, paper 1D UNet
-  python fisher.py --model unet1d_paper --samples 512 --batch 128 --device cuda
-  # 4. DDIM-50 sampling images/s, ImageNet paper UNet, eager vs compiled (item 3)
-  for c in off reduce-overhead; do
-    python train_imagenet.py --bench --device cuda --compile $c --sample-batch 256 --no-progress
-  done
-  # 5. CW10 evaluation (issue row 5): 50 hammer episodes x 200 steps, DDIM 10, small model, compiled: one at a
-  #    time, batched in this process, batched with 8 env worker processes (same successes checked); demos/s
-  python train_cw10.py --preset small --bench --device cuda --tasks hammer --rollout-batch 50 --ddim-steps 10 \
-    --env-workers 8 --workers 16 --compile reduce-overhead --no-progress ;;
+measure)
+  # Every measurement of issue 11 in one call of the device tool, in order of value, each step under `timeout`
+  # with what is left before DEADLINE seconds (default 480), all output appended to LOG (default
+  # runs/measure.log). On the device: LOG=$OUT/measure.log bash gpu_runs.sh measure
+  LOG=${LOG:-runs/measure.log}; export TQDM_DISABLE=1 MUJOCO_GL=${MUJOCO_GL:-egl}
+  step() {  # step NAME LIMIT COMMAND...: run COMMAND for at most LIMIT seconds (less if the deadline is nearer)
+    local name=$1 limit=$2; shift 2
+    local left=$(( ${DEADLINE:-480} - SECONDS ))
+    if (( left < 15 )); then echo "## $name: skipped, ${left}s left before the deadline" >> "$LOG"; return; fi
+    (( limit > left )) && limit=$left
+    echo "## $name (limit ${limit}s, at ${SECONDS}s): $*" >> "$LOG"
+    local t0=$SECONDS; timeout -k 5 "$limit" "$@" >> "$LOG" 2>&1 < /dev/null
+    echo "## $name: exit $?, ${SECONDS}s - ${t0}s" >> "$LOG"
+    pkill -9 -f _inductor/compile_worker 2> /dev/null  # compile workers left by a killed step hold the log open
+  }
+  b="python meta_baselines.py --bench --device cuda --no-second-order --profile"
+  step probe 60 bash -c 'nvidia-smi -L; python -c "import torch, mujoco, metaworld; print(torch.__version__,
+    torch.version.cuda, torch.cuda.get_device_name(), mujoco.__version__)"'
+  # training step per method, eager (float32 / TF32, bf16, per-step host sync): issue rows 1 and 3
+  step cw10-paper-eager 90 $b --model unet1d_paper --batch 256 --steps 5 --chain 5 --methods finetune,replay,tr \
+    --bf16 --sync
+  step imagenet-paper-eager 90 $b --model unet2d_paper --batch 128 --steps 5 --chain 3 --methods finetune,replay,tr \
+    --bf16
+  # rank-1 Fisher, batched vs the one-sample loop (row 4)
+  step fisher 60 python fisher.py --model unet1d_paper --samples 512 --batch 128 --device cuda
+  # the step compiled with CUDA graphs (reduce-overhead), float32 and bf16 (rows 1-3)
+  step cw10-paper-compiled 200 $b --model unet1d_paper --batch 256 --steps 5 --chain 5 --methods tr --bf16 \
+    --compile reduce-overhead
+  # compiled == eager on CUDA, all six methods, float64 (the fast path's correctness)
+  step check 150 python -m pytest -q -p no:cacheprovider -m slow tests/test_speed.py -k compiled -s
+  step cw10-small-compiled 120 $b --model unet1d_small --batch 32 --steps 5 --chain 10 --methods finetune,tr \
+    --compile reduce-overhead
+  step imagenet-paper-compiled 150 $b --model unet2d_paper --batch 128 --steps 5 --chain 3 --methods tr --bf16 \
+    --compile reduce-overhead
+  # CW10 evaluation: one episode at a time vs batched vs 8 env workers; demo collection with 16 workers (rows 5-6)
+  step cw10-rollouts 120 python train_cw10.py --preset small --bench --device cuda --tasks hammer --rollout-batch 50 \
+    --ddim-steps 10 --env-workers 8 --workers 16 --compile reduce-overhead --no-progress
+  echo "## done at ${SECONDS}s" >> "$LOG" ;;
 gpu)  # the `gpu` preset over all ten tasks: finetune, replay and tr at once, seed ${2:-0}
   mkdir -p runs/gpu
   for m in finetune replay tr; do
@@ -69,5 +74,5 @@ shapes) # three methods at once, as results/h100_shapes_reduced (then: stopped a
       --fisher-samples 1000 --curve end --checkpoint-every 200 \
       --out runs/h100_shapes2/$m > runs/h100_shapes2/$m.log 2>&1 &
   done; wait ;;
-*) echo "usage: bash gpu_runs.sh check|bench|gpu [seed]|cw10|shapes" >&2; exit 2 ;;
+*) echo "usage: bash gpu_runs.sh measure|gpu [seed]|cw10|shapes" >&2; exit 2 ;;
 esac
