@@ -43,9 +43,9 @@ measure)
     --compile reduce-overhead
   # compiled == eager on CUDA, all six methods, float64 (the fast path's correctness)
   step check 150 python -m pytest -q -p no:cacheprovider -m slow tests/test_speed.py -k compiled -s
-  step cw10-small-compiled 120 $b --model unet1d_small --batch 32 --steps 5 --chain 10 --methods finetune,tr \
-    --compile reduce-overhead
   step imagenet-paper-compiled 150 $b --model unet2d_paper --batch 128 --steps 5 --chain 3 --methods tr --bf16 \
+    --compile reduce-overhead
+  step cw10-small-compiled 120 $b --model unet1d_small --batch 32 --steps 5 --chain 10 --methods finetune,tr \
     --compile reduce-overhead
   # CW10 evaluation: one episode at a time vs batched vs 8 env workers; demo collection with 16 workers (rows 5-6)
   step cw10-rollouts 120 python train_cw10.py --preset small --bench --device cuda --tasks hammer --rollout-batch 50 \
