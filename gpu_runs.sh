@@ -48,7 +48,7 @@ measure)
   step cw10-small-compiled 120 $b --model unet1d_small --batch 32 --steps 5 --chain 10 --methods finetune,tr \
     --compile reduce-overhead
   # CW10 evaluation: one episode at a time vs batched vs 8 env workers; demo collection with 16 workers (rows 5-6)
-  step cw10-rollouts 120 python train_cw10.py --preset small --bench --device cuda --tasks hammer --rollout-batch 50 \
+  step cw10-rollouts 120 python train_cw10.py --preset small --bench --device cuda --tasks hammer --rollout-batch 20 \
     --ddim-steps 10 --env-workers 8 --workers 16 --compile reduce-overhead --no-progress
   echo "## done at ${SECONDS}s" >> "$LOG" ;;
 gpu)  # the `gpu` preset over all ten tasks: finetune, replay and tr at once, seed ${2:-0}
