@@ -43,6 +43,8 @@ measure)
     --compile reduce-overhead
   # compiled == eager on CUDA, all six methods, float64 (the fast path's correctness)
   step check 150 python -m pytest -q -p no:cacheprovider -m slow tests/test_speed.py -k compiled -s
+  step cw10-paper-compiled-default 90 $b --model unet1d_paper --batch 256 --steps 5 --chain 5 --methods tr \
+    --compile default
   step imagenet-paper-compiled 150 $b --model unet2d_paper --batch 128 --steps 5 --chain 3 --methods tr --bf16 \
     --compile reduce-overhead
   step cw10-small-compiled 120 $b --model unet1d_small --batch 32 --steps 5 --chain 10 --methods finetune,tr \
