@@ -16,10 +16,12 @@ case "${1:-}" in
 measure)
   # Every measurement of issue 11 in one call of the device tool, in order of value, each step under `timeout`
   # with what is left before DEADLINE seconds (default 480), all output appended to LOG (default
-  # runs/measure.log). On the device: LOG=$OUT/measure.log bash gpu_runs.sh measure
+  # runs/measure.log); ONLY="step ..." runs the named steps alone, CHECK narrows the check's -k expression.
+  # On the device: LOG=$OUT/measure.log bash gpu_runs.sh measure
   LOG=${LOG:-runs/measure.log}; export TQDM_DISABLE=1 MUJOCO_GL=${MUJOCO_GL:-egl}
   step() {  # step NAME LIMIT COMMAND...: run COMMAND for at most LIMIT seconds (less if the deadline is nearer)
     local name=$1 limit=$2; shift 2
+    [[ -z "${ONLY:-}" || " $ONLY " == *" $name "* ]] || return 0  # ONLY="name ...": these steps alone
     local left=$(( ${DEADLINE:-480} - SECONDS ))
     if (( left < 15 )); then echo "## $name: skipped, ${left}s left before the deadline" >> "$LOG"; return; fi
     (( limit > left )) && limit=$left
@@ -28,21 +30,23 @@ measure)
     echo "## $name: exit $?, ${SECONDS}s - ${t0}s" >> "$LOG"
     pkill -9 -f _inductor/compile_worker 2> /dev/null  # compile workers left by a killed step hold the log open
   }
-  b="python meta_baselines.py --bench --device cuda --no-second-order --profile"
+  b="python meta_baselines.py --bench --device cuda --no-second-order"
   step probe 60 bash -c 'nvidia-smi -L; python -c "import torch, mujoco, metaworld; print(torch.__version__,
     torch.version.cuda, torch.cuda.get_device_name(), mujoco.__version__)"'
   # training step per method, eager (float32 / TF32, bf16, per-step host sync): issue rows 1 and 3
-  step cw10-paper-eager 90 $b --model unet1d_paper --batch 256 --steps 5 --chain 5 --methods finetune,replay,tr \
+  step cw10-paper-eager 60 $b --model unet1d_paper --batch 256 --steps 3 --chain 5 --methods finetune,replay,tr \
     --bf16 --sync
-  step imagenet-paper-eager 90 $b --model unet2d_paper --batch 128 --steps 5 --chain 3 --methods finetune,replay,tr \
+  step imagenet-paper-eager 60 $b --model unet2d_paper --batch 128 --steps 3 --chain 3 --methods finetune,replay,tr \
     --bf16
+  # where the time of one eager tr step goes (profiling on the device is slow: one step per row, in its own step)
+  step cw10-paper-profile 60 $b --model unet1d_paper --batch 256 --steps 1 --methods tr --bf16 --profile
   # rank-1 Fisher, batched vs the one-sample loop (row 4)
   step fisher 60 python fisher.py --model unet1d_paper --samples 512 --batch 128 --device cuda
+  # compiled == eager on CUDA, all six methods, float64 (the fast path's correctness)
+  step check 150 python -m pytest -q -p no:cacheprovider -m slow tests/test_speed.py -k "${CHECK:-compiled}" -s
   # the step compiled with CUDA graphs (reduce-overhead), float32 and bf16 (rows 1-3)
   step cw10-paper-compiled 200 $b --model unet1d_paper --batch 256 --steps 5 --chain 5 --methods tr --bf16 \
-    --compile reduce-overhead
-  # compiled == eager on CUDA, all six methods, float64 (the fast path's correctness)
-  step check 150 python -m pytest -q -p no:cacheprovider -m slow tests/test_speed.py -k compiled -s
+    --compile reduce-overhead --profile
   step cw10-paper-compiled-default 90 $b --model unet1d_paper --batch 256 --steps 5 --chain 5 --methods tr \
     --compile default
   step imagenet-paper-compiled 150 $b --model unet2d_paper --batch 128 --steps 5 --chain 3 --methods tr --bf16 \

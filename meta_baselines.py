@@ -346,8 +346,8 @@ def bench(model_name="unet1d_small", batch_size=32, rounds=12, old_tasks=1, devi
     """Seconds of every training step of each row, {row: [seconds per step, one value per round]}, measured in
     interleaved rounds so that drift in machine load affects all rows alike. Each round times `chain` consecutive
     steps of every row between two device synchronisations (chain > 1: throughput, with the host running ahead of
-    the device as in a training loop; chain = 1: latency). profile=True adds {row: profile_steps(...)} after the
-    timing as a second return value."""
+    the device as in a training loop; chain = 1: latency). profile=True also returns a function row ->
+    profile_steps(...) of one step of that row, to call after the timing has been reported."""
     device = torch.device(device)
     factory, shape, make_cond = BENCH_MODELS[model_name]
     torch.manual_seed(0)
@@ -360,9 +360,9 @@ def bench(model_name="unet1d_small", batch_size=32, rounds=12, old_tasks=1, devi
     learners = {row: _bench_learner(row, base, sched, old_tasks, device, compile_mode) for row in rows}
     times = {row: [] for row in rows}
 
-    def run(row, learner, batch, replay_batch):
+    def run(row, learner, batch, replay_batch, steps):
         step_gen = torch.Generator(device).manual_seed(1)
-        for _ in range(chain):
+        for _ in range(steps):
             logs = learner.step(batch, replay_batch if uses_replay(row.split()[0]) else None, step_gen)
             if "+sync" in row:
                 logs = {name: float(v) for name, v in logs.items()}
@@ -373,13 +373,13 @@ def bench(model_name="unet1d_small", batch_size=32, rounds=12, old_tasks=1, devi
         for row, learner in learners.items():
             _synchronize(device)
             start = time.perf_counter()
-            run(row, learner, batch, replay_batch)
+            run(row, learner, batch, replay_batch, chain)
             _synchronize(device)
             times[row].append((time.perf_counter() - start) / chain)
     if not profile:
         return times
-    return times, {row: profile_steps(lambda: run(row, learner, batch, replay_batch), device, chain)
-                   for row, learner in learners.items()}
+    # the profile: one step (profiling on the device is slow to collect)
+    return times, lambda row: profile_steps(lambda: run(row, learners[row], batch, replay_batch, 1), device, 1)
 
 
 def _synchronize(device):
@@ -427,8 +427,8 @@ def main(argv=None):
                                                             "passes under bf16 autocast (+bf16 rows)")
     parser.add_argument("--chain", type=int, default=1, help="consecutive steps per timing (1: latency of one step; "
                                                              "more: throughput as in a training loop)")
-    parser.add_argument("--profile", action="store_true", help="after timing, profile `chain` steps of every row: "
-                                                               "device kernel time and launches per step")
+    parser.add_argument("--profile", action="store_true", help="after timing, profile one step of every row: "
+                                                               "device kernel time and launches")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if not args.bench:
@@ -449,7 +449,7 @@ def main(argv=None):
     rows += [f"{r} +sync" for r in rows if args.sync and "+compile" not in r and "+bf16" not in r]
     times = bench(args.model, args.batch, args.steps + 2, args.old_tasks, args.device, rows, args.compile,
                   args.chain, args.profile)
-    times, profiles = times if args.profile else (times, {})
+    times, profile_row = times if args.profile else (times, None)
     # 2 warm-up rounds: compilation, and VR-MCL's first step (without a previous iterate)
     sec = {row: float(torch.tensor(t[2:]).median()) for row, t in times.items()}
     n_params = sum(p.numel() for p in BENCH_MODELS[args.model][0]().parameters())
@@ -465,11 +465,12 @@ def main(argv=None):
         vs_base = f"{sec[row] / sec[base]:.2f}" if row != base else "-"
         print(f"| {row} | {1000 * sec[row]:.1f} | {1 / sec[row]:.2f} | {sec[row] / sec[first]:.2f} | {vs_base} | "
               f"{args.chain * sum(times[row][:2]):.1f} |")
-    if profiles:
-        print(f"\nprofile ({args.chain} steps per row; per step): wall ms, device-busy ms (summed kernel time), "
-              f"kernel launches, the largest kernels by self time")
+    if profile_row:
+        print("\nprofile of one step per row: wall ms, device-busy ms (summed kernel time), kernel launches, the "
+              "largest kernels by self time")
         print("| row | wall ms | busy ms | busy / wall | launches | top kernels (ms) |\n|---|---:|---:|---:|---:|---|")
-        for row, p in profiles.items():
+        for row in rows:
+            p = profile_row(row)
             top = "; ".join(f"{name[:40]} {ms:.2f}" for name, ms in p["top"])
             print(f"| {row} | {p['wall_ms']:.1f} | {p['kernel_ms']:.1f} | {p['kernel_ms'] / p['wall_ms']:.2f} | "
                   f"{p['kernels']:.0f} | {top} |")
