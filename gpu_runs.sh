@@ -5,10 +5,10 @@
 #   cw10, shapes   three methods at once, the reduced runs of results/h100_cw10_reduced and h100_shapes_reduced
 # The H100 baseline (code of commit fc5f99e, 2026-11-24) is in results/h100_bench/README.md; CPU measurements of the
 # same commands are in results/cpu_speed/README.md. Write down the device, torch version and date with the numbers.
-# On the lent H100 (2026-11-25) two calls that ran `check` and `bench` through pipes (`| tee`) returned nothing
-# after 600 s and spent the session's device time: start with a one-minute probe (import torch, metaworld; one
-# compiled step), set MUJOCO_GL=egl, send output to files (no pipes: inductor's compile workers inherit them),
-# and launch anything longer than a few minutes with setsid, then poll.
+# On the lent H100 (2026-11-25) two calls that ran the old `check` and `bench` through pipes (`| tee`) returned
+# nothing after 600 s. On the H200 (2026-11-30, results/h200_bench) `measure` ran within its deadline; there
+# MUJOCO_GL=egl makes `import mujoco` fail (no libEGL in the image), so leave MUJOCO_GL unset (nothing here
+# renders), and give compiling the paper-size UNets minutes: 200 s did not suffice for four compiled tr rows.
 set -u
 export PYTHONUNBUFFERED=1
 mkdir -p runs
@@ -18,7 +18,7 @@ measure)
   # with what is left before DEADLINE seconds (default 480), all output appended to LOG (default
   # runs/measure.log); ONLY="step ..." runs the named steps alone, CHECK narrows the check's -k expression.
   # On the device: LOG=$OUT/measure.log bash gpu_runs.sh measure
-  LOG=${LOG:-runs/measure.log}; export TQDM_DISABLE=1 MUJOCO_GL=${MUJOCO_GL:-egl}
+  LOG=${LOG:-runs/measure.log}; export TQDM_DISABLE=1
   step() {  # step NAME LIMIT COMMAND...: run COMMAND for at most LIMIT seconds (less if the deadline is nearer)
     local name=$1 limit=$2; shift 2
     [[ -z "${ONLY:-}" || " $ONLY " == *" $name "* ]] || return 0  # ONLY="name ...": these steps alone

@@ -47,6 +47,7 @@ Deviations from the paper / the original methods:
 """
 import argparse
 import copy
+import re
 import time
 
 import torch
@@ -382,6 +383,12 @@ def bench(model_name="unet1d_small", batch_size=32, rounds=12, old_tasks=1, devi
     return times, lambda row: profile_steps(lambda: run(row, learners[row], batch, replay_batch, 1), device, 1)
 
 
+def _short(kernel: str) -> str:
+    """A kernel's name without its return type, namespaces and template arguments, for the profile table."""
+    name = re.sub(r"^void |\(anonymous namespace\)::|[a-z_]+::", "", kernel)
+    return name.split("<")[0].split("(")[0][:48]
+
+
 def _synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -440,8 +447,8 @@ def main(argv=None):
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods or any(m not in METHODS for m in methods):
         parser.error(f"--methods must name methods of {METHODS}, got {args.methods!r}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    import experiment  # here, not at the top: experiment imports this module
+    experiment.setup_torch(args.device, args.threads or 0)  # the training scripts' settings (TF32 on CUDA)
     rows = [r for r in BENCH_ROWS if r.split()[0] in methods and not (args.no_second_order and "--second" in r)]
     # torch.compile's autograd does not support the double backward of the second-order rows: eager only
     rows += [f"{r} +compile" for r in rows if args.compile != "off" and "--second" not in r]
@@ -471,7 +478,7 @@ def main(argv=None):
         print("| row | wall ms | busy ms | busy / wall | launches | top kernels (ms) |\n|---|---:|---:|---:|---:|---|")
         for row in rows:
             p = profile_row(row)
-            top = "; ".join(f"{name[:40]} {ms:.2f}" for name, ms in p["top"])
+            top = "; ".join(f"{_short(name)} {ms:.2f}" for name, ms in p["top"])
             print(f"| {row} | {p['wall_ms']:.1f} | {p['kernel_ms']:.1f} | {p['kernel_ms'] / p['wall_ms']:.2f} | "
                   f"{p['kernels']:.0f} | {top} |")
 
