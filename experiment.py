@@ -26,6 +26,7 @@ Written in each script, the copies drifted apart (different boolean flags, seeds
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import fcntl
 import inspect
@@ -100,7 +101,7 @@ def require(condition: bool, message: str) -> None:
 
 
 def validate_common(cfg, positive=(), non_negative=()) -> None:
-    """Checks every Config shares: seeds in range, every float finite, the named fields > 0 or >= 0."""
+    """Checks every Config shares: seeds in range, every float finite, --ema in [0, 1), the named fields > 0 or >= 0."""
     require(0 <= cfg.seed < 2 ** 32, f"--seed must be in 0..2^32-1, got {cfg.seed}")
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -110,6 +111,8 @@ def validate_common(cfg, positive=(), non_negative=()) -> None:
         require(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
     for name in non_negative:
         require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    ema = getattr(cfg, "ema", 0.0)  # train_toy has no weight average
+    require(0 <= ema < 1, f"--ema must be in [0, 1) (0 = off), got {ema}")
     require(cfg.device == "auto" or cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", cfg.device) is not None,
             f"--device must be auto, cpu or cuda[:i], got {cfg.device!r}")
     require(not cfg.device.startswith("cuda") or torch.cuda.is_available(),
@@ -306,6 +309,18 @@ def train_step(learner, batch, replay_batch, generator, state: dict, folder: Run
         bar.set_postfix(loss=f"{logs['loss']:.4f}")
         folder.logger.log({"kind": "train", "global_step": state["global_step"], "task": state["task"],
                            "step": state["step"], **logs})
+
+
+def averaged(learner):
+    """The block runs with the model holding the learner's weight average (`--ema`); a no-op without one."""
+    return learner.applied() if isinstance(learner, meta_baselines.WeightAverage) else contextlib.nullcontext()
+
+
+def end_task(learner) -> None:
+    """A task's last step is done: with `--ema` the model keeps the averaged weights from here on (the boundary's
+    evaluation, Fisher, anchor and teacher all see them)."""
+    if isinstance(learner, meta_baselines.WeightAverage):
+        learner.adopt()
 
 
 def checkpoint(cfg, state: dict, model, learner, pool, teacher) -> dict:

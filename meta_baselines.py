@@ -46,6 +46,7 @@ Deviations from the paper / the original methods:
     (its momentum list is never reset; the previous iterate is the current one at a task start).
 """
 import argparse
+import contextlib
 import copy
 import re
 import time
@@ -250,7 +251,7 @@ def make_learner(method, model, sched, cfg):
     """The learner of `method` for a diffusion model: the Eq. (3) loss on current batches and, for replay
     methods, the replay loss of `replay_kind(method)` (learner.replay_loss_fn, a replay.ReplayLoss whose
     teacher the caller sets at each task boundary). cfg is any object with (some of) lr, lam, beta,
-    inner_lr, vr_momentum, second_order, grad_clip, bf16. All learners share
+    inner_lr, vr_momentum, second_order, grad_clip, bf16, ema. All learners share
     step(batch, replay_batch=None, generator=None, log_terms=False) -> dict of 0-d tensors."""
     _check(method)
     loss_fn = diffusion.loss_fn(sched)
@@ -264,11 +265,63 @@ def make_learner(method, model, sched, cfg):
         kwargs = dict(lr=lr, inner_lr=getattr(cfg, "inner_lr", 1e-4), beta=beta,
                       second_order=getattr(cfg, "second_order", False), grad_clip=grad_clip, bf16=bf16)
         if method == "ftml":
-            return FTMLLearner(model, loss_fn, replay_loss, **kwargs)
-        return VRMCLLearner(model, loss_fn, replay_loss, r=getattr(cfg, "vr_momentum", 0.15), **kwargs)
-    lam = getattr(cfg, "lam", 0.0) if uses_fisher(method) else 0.0
-    return trust_region.TrustRegionLearner(model, loss_fn, replay_loss, beta=beta if replay_loss else 0.0,
-                                           lam=lam, lr=lr, grad_clip=grad_clip, bf16=bf16)
+            learner = FTMLLearner(model, loss_fn, replay_loss, **kwargs)
+        else:
+            learner = VRMCLLearner(model, loss_fn, replay_loss, r=getattr(cfg, "vr_momentum", 0.15), **kwargs)
+    else:
+        lam = getattr(cfg, "lam", 0.0) if uses_fisher(method) else 0.0
+        learner = trust_region.TrustRegionLearner(model, loss_fn, replay_loss, beta=beta if replay_loss else 0.0,
+                                                  lam=lam, lr=lr, grad_clip=grad_clip, bf16=bf16)
+    ema = getattr(cfg, "ema", 0.0)  # a weight average (ours, off by default)
+    return WeightAverage(learner, fisher.params_list(model), ema) if ema else learner
+
+
+class WeightAverage:
+    """A learner whose weights are also averaged: after each step n = 1, 2, ... of the wrapped learner
+        avg <- d_n avg + (1 - d_n) theta,   d_n = min(decay, (1 + n) / (10 + n))
+    (an exponential moving average with diffusers' EMAModel warm-up, so early averages are not the initial
+    weights). Not in the paper (`--ema`, off by default). The loops evaluate the average (`applied`) and keep it at
+    each task's end (`adopt`): the Fisher, the anchor theta* and the teacher are then taken at the averaged weights.
+    Everything else (step, opt, add_fisher, replay_loss_fn) is the wrapped learner's."""
+
+    def __init__(self, learner, params, decay):
+        self.learner, self.params, self.decay, self.n = learner, params, decay, 0
+        self.avg = [p.detach().clone() for p in params]
+
+    def __getattr__(self, name):
+        return getattr(self.learner, name)
+
+    def step(self, *args, **kwargs):
+        logs = self.learner.step(*args, **kwargs)
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        torch._foreach_lerp_(self.avg, [p.detach() for p in self.params], 1 - d)  # avg + (1 - d) (theta - avg)
+        return logs
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The model holds the averaged weights inside the block and its trained weights again after it."""
+        trained = [p.detach().clone() for p in self.params]
+        self.adopt()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, trained)
+
+    def adopt(self):
+        """The model takes the averaged weights for good."""
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.avg)
+
+    def state_dict(self):
+        return {"learner": self.learner.state_dict(), "avg": self.avg, "n": self.n}
+
+    def load_state_dict(self, sd):
+        self.learner.load_state_dict(sd["learner"])
+        with torch.no_grad():
+            torch._foreach_copy_(self.avg, [a.to(p.device) for a, p in zip(sd["avg"], self.avg)])
+        self.n = sd["n"]
 
 
 # --------------------------------------------------------------------------------------------------

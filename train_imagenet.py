@@ -45,6 +45,8 @@ Deviations from the paper
   CPU `small` preset uses it, with 4 tasks x 5 classes, unet2d_mini, Adam 4e-3 and DDIM 20: sized from the
   single-task curves in results/imagenet_curves_cpu/ (at the paper's lr 2e-4 and 50 classes per task nothing
   converges within a CPU budget).
+- --bf16 (forward passes under bf16 autocast) and --ema (a weight average, evaluated and kept at each task's end;
+  meta_baselines.WeightAverage) are ours, both off by default; the paper states neither.
 """
 from __future__ import annotations
 
@@ -90,6 +92,7 @@ class Config:
     steps_per_task: int = 0  # > 0 overrides epochs_per_task (gradient updates per task)
     first_task_steps: int = 0  # > 0: Task 1's gradient updates (the one task learned from random weights; not paper)
     grad_clip: float = 0.0  # clip the update's gradient norm, 0 = off (paper: not stated)
+    ema: float = 0.0  # decay of a weight average that is evaluated and kept at each task's end (ours; 0 = off)
     bf16: bool = False  # forward passes under bf16 autocast (issue 11; ours: the paper states no precision)
     fisher: str = "rank1"  # rank1 (Wang et al. 2026, the paper) | diag (classic EWC, for comparison)
     fisher_samples: int = 10_000  # Table 3: Fisher estimated over 10,000 samples per task
@@ -330,7 +333,8 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
             experiment.train_step(learner, batch, replay_batch, noise, state, folder, bar, cfg.log_every)
             if s + 1 in curve_at:
                 for j in range(k + 1) if cfg.curve_all_tasks else [0]:
-                    result, x = evaluate(j, cfg.curve_samples, STREAM_CURVE)
+                    with experiment.averaged(learner):
+                        result, x = evaluate(j, cfg.curve_samples, STREAM_CURVE)
                     score = result.value
                     state["curves"].setdefault(str(j), []).append((state["global_step"], s + 1, k, score))
                     if k == 0:  # Task 1 learning: its samples at each curve point
@@ -342,6 +346,7 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
             if (s + 1) % cfg.checkpoint_every == 0 and s + 1 < steps[k]:
                 save()
         bar.close()
+        experiment.end_task(learner)
         if k == 0 and cfg.task1_cache and not os.path.exists(cfg.task1_cache):
             experiment.save_task1(cfg.task1_cache, cfg, state, model, learner, folder.logger.path)
         # task boundary, the same steps in every experiment: (1) evaluate every seen task (row k of R),

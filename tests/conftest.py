@@ -27,3 +27,12 @@ def stop_at(proc, log_path, global_step: int, sig) -> str:
     assert proc.poll() is None, "the run finished before it could be stopped"
     proc.send_signal(sig)
     return proc.communicate(timeout=60)[1]
+
+
+def holds_weight_average(ckpt: dict, model) -> bool:
+    """Whether a checkpoint's model weights are its learner's weight average (--ema), parameter by parameter;
+    `model` (built from the run's config) names the parameters in the average's order."""
+    import torch
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    avg = ckpt["learner"]["avg"]
+    return len(names) == len(avg) and all(torch.equal(ckpt["model"][n], a) for n, a in zip(names, avg))

@@ -13,7 +13,7 @@ import torch
 
 import cw10_data
 import train_cw10 as cw
-from conftest import default_sigint, stop_at
+from conftest import default_sigint, holds_weight_average, stop_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--preset", "smoke", "--threads", "1"]
@@ -228,3 +228,14 @@ def test_cosine_lr_schedule_drives_the_optimizer(data_dir, tmp_path):
     lrs = [g["lr"] for g in ck["learner"]["opt"]["param_groups"]]  # the default method, tr
     assert lrs == [pytest.approx(cw.experiment.lr_at(cfg, last, cfg.steps_per_task), rel=1e-12)] * len(lrs)
     assert cw.experiment.lr_at(cfg, last, cfg.steps_per_task) < 1e-3 * 0.1
+
+
+def test_weight_average_is_evaluated_and_kept_at_each_task_end(data_dir, tmp_path):
+    """--ema 0.5: the run ends with the model holding the weight average of all its steps (kept at each task's end
+    by experiment.end_task). Fails if the loop never adopts the average or averages fewer steps."""
+    proc = run_script(tmp_path / "run", data_dir, "--method", "replay", "--ema", "0.5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert ckpt["learner"]["n"] == 16  # 2 tasks x 8 steps
+    assert holds_weight_average(ckpt, cw.build_model(cw.Config(**ckpt["config"]), "cpu"))
+

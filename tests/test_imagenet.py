@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 import experiment  # noqa: E402
 import image_data
 import train_imagenet as ti  # noqa: E402
-from conftest import default_sigint, stop_at  # noqa: E402
+from conftest import default_sigint, holds_weight_average, stop_at  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------------
 # ImageNet-32 npz files in the official format, small
@@ -373,3 +373,15 @@ def test_smoke_on_imagenet32_npz_files(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["extra"]["dataset"] == "imagenet32" and summary["task_names"][1] == "T2 (classes 3-5)"
     assert summary["extra"]["extractor"] == "proxy-randconv-v1"  # the classifier proxy is for shapes only
+
+
+def test_weight_average_is_evaluated_and_kept_at_each_task_end(tmp_path):
+    """--ema 0.5: the run ends with the model holding the weight average of all its steps (kept at each task's end
+    by experiment.end_task). Fails if the loop never adopts the average or averages fewer steps."""
+    proc = run_script(tmp_path / "run", "--method", "tr", "--ema", "0.5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert ckpt["learner"]["n"] == 8  # 2 tasks x 4 steps
+    model = ti.build_model(ti.Config(**ckpt["config"]), "cpu")
+    assert holds_weight_average(ckpt, model)
+
