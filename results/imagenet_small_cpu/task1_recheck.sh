@@ -5,11 +5,13 @@
 #     bash results/imagenet_small_cpu/task1_recheck.sh
 #     python results/imagenet_small_cpu/task1_recheck.py runs/t1recheck runs/imagenet-small > \
 #         results/imagenet_small_cpu/task1_recheck.md
+# D (output folder) and EXTRA (more flags) vary it, e.g. the weight-average pilot:
+#     D=runs/t1ema EXTRA="--ema 0.999" bash results/imagenet_small_cpu/task1_recheck.sh
 set -uo pipefail
-D=runs/t1recheck; mkdir -p $D
+D=${D:-runs/t1recheck}; EXTRA=${EXTRA:-}; mkdir -p $D
 one() {
   python train_imagenet.py --method finetune --seed "$1" --preset small --curve 6000,7000,8000 --curve-samples 1500 \
-    --task1-cache $D/task1-s$1.pt --out $D/s$1 --no-progress > $D/s$1.log 2>&1 &
+    --task1-cache $D/task1-s$1.pt --out $D/s$1 --no-progress $EXTRA > $D/s$1.log 2>&1 &
   local pid=$!
   while kill -0 $pid 2>/dev/null; do
     if [[ -f $D/task1-s$1.pt ]]; then sleep 3; kill $pid; break; fi
