@@ -273,7 +273,11 @@ def test_bench_runs_every_row_and_rejects_bad_flags(capsys):
     finally:
         torch.set_num_threads(threads)
     assert set(sec) == set(mb.BENCH_ROWS) and all(len(s) == 1 and s[0] > 0 for s in sec.values())
-    for argv in (["--bench", "--batch", "3"], ["--bench", "--model", "resnet"], []):
+    sec, profile_row = mb.bench("unet1d_tiny", batch_size=2, rounds=2, rows=("tr", "tr +bf16"), chain=2, profile=True)
+    assert all(len(s) == 2 for s in sec.values())
+    p = profile_row("tr")  # on the CPU: the operators' summed self time, which one thread cannot exceed
+    assert p["kernels"] > 100 and 0 < p["kernel_ms"] <= p["wall_ms"] and len(p["top"]) == 5
+    for argv in (["--bench", "--batch", "3"], ["--bench", "--model", "resnet"], ["--bench", "--chain", "0"], []):
         with pytest.raises(SystemExit) as exc:
             mb.main(argv)
         assert exc.value.code == 2
