@@ -100,8 +100,8 @@ def require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def validate_common(cfg, positive=(), non_negative=()) -> None:
-    """Checks every Config shares: seeds in range, every float finite, --ema in [0, 1), the named fields > 0 or >= 0."""
+def validate_common(cfg, positive=(), non_negative=(), below_one=()) -> None:
+    """Checks every Config shares: seeds in range, every float finite, the named fields > 0, >= 0 or in [0, 1)."""
     require(0 <= cfg.seed < 2 ** 32, f"--seed must be in 0..2^32-1, got {cfg.seed}")
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -111,8 +111,8 @@ def validate_common(cfg, positive=(), non_negative=()) -> None:
         require(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
     for name in non_negative:
         require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
-    ema = getattr(cfg, "ema", 0.0)  # train_toy has no weight average
-    require(0 <= ema < 1, f"--ema must be in [0, 1) (0 = off), got {ema}")
+    for name in below_one:
+        require(0 <= getattr(cfg, name) < 1, f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(cfg, name)}")
     require(cfg.device == "auto" or cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", cfg.device) is not None,
             f"--device must be auto, cpu or cuda[:i], got {cfg.device!r}")
     require(not cfg.device.startswith("cuda") or torch.cuda.is_available(),

@@ -163,7 +163,7 @@ def validate(cfg: Config) -> None:
         "replay_per_task", "replay_ddim_steps", "ddim_steps", "fid_samples", "heldout_per_class", "curve_samples",
         "shapes_train_per_class", "sample_batch", "log_every", "checkpoint_every"),
         non_negative=("steps_per_task", "first_task_steps", "lr_warmup", "grad_clip", "lam", "beta", "replay_ratio",
-                      "inner_lr", "vr_momentum", "threads"))
+                      "inner_lr", "vr_momentum", "threads"), below_one=("ema",))
     experiment.require(cfg.image_size in ((32,) if cfg.dataset == "imagenet32" else (8, 16, 32)),
                        f"--image-size {cfg.image_size}: imagenet32 is 32x32; shapes may be 8, 16 or 32")
     max_classes = 1000 if cfg.dataset == "imagenet32" else 500
@@ -332,9 +332,10 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
             noise = experiment.generator(cfg.seed, k, s, STREAM_NOISE, device=device)
             experiment.train_step(learner, batch, replay_batch, noise, state, folder, bar, cfg.log_every)
             if s + 1 in curve_at:
-                for j in range(k + 1) if cfg.curve_all_tasks else [0]:
-                    with experiment.averaged(learner):
-                        result, x = evaluate(j, cfg.curve_samples, STREAM_CURVE)
+                with experiment.averaged(learner):
+                    scored = [(j, *evaluate(j, cfg.curve_samples, STREAM_CURVE))
+                              for j in (range(k + 1) if cfg.curve_all_tasks else [0])]
+                for j, result, x in scored:
                     score = result.value
                     state["curves"].setdefault(str(j), []).append((state["global_step"], s + 1, k, score))
                     if k == 0:  # Task 1 learning: its samples at each curve point

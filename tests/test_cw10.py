@@ -238,4 +238,3 @@ def test_weight_average_is_evaluated_and_kept_at_each_task_end(data_dir, tmp_pat
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert ckpt["learner"]["n"] == 16  # 2 tasks x 8 steps
     assert holds_weight_average(ckpt, cw.build_model(cw.Config(**ckpt["config"]), "cpu"))
-

@@ -384,4 +384,3 @@ def test_weight_average_is_evaluated_and_kept_at_each_task_end(tmp_path):
     assert ckpt["learner"]["n"] == 8  # 2 tasks x 4 steps
     model = ti.build_model(ti.Config(**ckpt["config"]), "cpu")
     assert holds_weight_average(ckpt, model)
-
