@@ -19,6 +19,8 @@ Two replay losses, both per-sample vectors (B,):
       t ~ U{0..T-1}, eps ~ N(0, I), x_t = sqrt(alpha_bar_t) x0_hat + sqrt(1 - alpha_bar_t) eps      (Eq. 2)
       l_i = mean_over_dims (eps_theta(x_t, t, c) - eps_teacher(x_t, t, c))^2
   plain generative replay: the same with the true eps as target, i.e. the ordinary loss (Eq. 3) on x0_hat.
+With --prediction sample (diffusion.py) the networks output x0_hat instead of eps_hat: distillation compares the
+student's and the teacher's x0_hat, and plain replay is the x0 loss with the generated x0 as target.
 The paper's "Replay" row is generative *distillation*: Section 4 says "Generative replay, implemented via
 generative distillation, which has been shown effective for diffusion models (Masip et al., 2025)".
 The teacher's eps at (x_t, t) is a lower-variance target than the eps that was drawn, because it is the

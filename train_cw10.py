@@ -84,6 +84,7 @@ class Config:
     obs_horizon: int = 6  # O, Section 4.2 / Table 5
     action_chunk: int = 2  # A, Section 4.2 / Table 5
     train_timesteps: int = 1000  # App. C.2.1, diffusion steps T
+    prediction: str = "epsilon"  # what the denoiser predicts: epsilon (Eq. 3, the paper) | sample (x0; ours, diffusion.py)
     ddim_steps: int = 50  # App. C.2.1, DDIM steps at inference
     demos_per_task: int = 2500  # Section 4.2, expert trajectories per task
     demo_keep: str = "success"  # success | all: which expert episodes become demonstrations
@@ -132,6 +133,7 @@ PRESETS = {
                   checkpoint_every=3, workers=1, progress=False),
 }
 CHOICES = {"method": meta_baselines.METHODS, "model": tuple(MODELS), "lr_schedule": ("constant", "cosine"),
+           "prediction": diffusion.PREDICTIONS,
            "fisher": fisher.FISHER_KINDS, "demo_keep": ("success", "all"), "compile": meta_baselines.COMPILE_MODES}
 STREAM_TRAIN, STREAM_NOISE, STREAM_EVAL, STREAM_FISHER, STREAM_REPLAY = range(5)  # experiment.generator's last key
 
@@ -191,7 +193,7 @@ def build_model(cfg: Config, device) -> torch.nn.Module:
 
 def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
     """The continual loop over cfg's tasks in `folder` (resumed from its checkpoint if it has one)."""
-    tasks, sched = task_list(cfg), diffusion.Schedule(cfg.train_timesteps)
+    tasks, sched = task_list(cfg), diffusion.Schedule(cfg.train_timesteps, prediction=cfg.prediction)
     envs = cw10_data.EnvPool(cfg.env_workers, cfg.max_path_length)
     lo, hi = cw10_data.obs_bounds(cw10_data.make_env(tasks[0], cfg.max_path_length))
     torch.manual_seed(cfg.seed)  # parameter init (the only use of the global RNG)
@@ -340,7 +342,7 @@ def bench(cfg: Config, device) -> None:
     """rollout_batch evaluation episodes one at a time, batched in this process and batched in env_workers processes
     (if > 0); demo collection in one process and with `workers`. Environments are built and the denoiser compiled
     (cfg.compile) before the clock starts; both batched ways run the same episodes with the same noise."""
-    sched, task = diffusion.Schedule(cfg.train_timesteps), task_list(cfg)[0]
+    sched, task = diffusion.Schedule(cfg.train_timesteps, prediction=cfg.prediction), task_list(cfg)[0]
     model = build_model(cfg, device)
     mode = meta_baselines.compile_denoiser(model, cfg.compile)
     lo, hi = cw10_data.obs_bounds(cw10_data.make_env(task, cfg.max_path_length))

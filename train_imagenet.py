@@ -105,6 +105,7 @@ class Config:
     replay_rebuild: bool = True  # regenerate every old task's pool at each boundary (authors' gr.py)
     inner_lr: float = 1e-4  # Table 3: inner SGD lr (ftml, vrmcl)
     vr_momentum: float = 0.15  # VR-MCL r (official run commands; reference notes §3)
+    prediction: str = "epsilon"  # what the denoiser predicts: epsilon (Eq. 3, the paper) | sample (x0; ours, diffusion.py)
     ddim_steps: int = 50  # Appendix C.1.1: DDIM 50 inference steps (FID samples, grids)
     fid_samples: int = 2_500  # generated images per task for R[i][j] (50 per class)
     heldout_per_class: int = 50  # held-out images per class (ImageNet-32 val has 50); shapes: drawn
@@ -149,7 +150,7 @@ PRESETS = {
                   progress=False),
 }
 CHOICES = {"method": meta_baselines.METHODS, "dataset": ("imagenet32", "shapes"), "lr_schedule": ("constant", "cosine"),
-           "model": ("paper", "small", "mini", "tiny"),
+           "model": ("paper", "small", "mini", "tiny"), "prediction": diffusion.PREDICTIONS,
            "fisher": fisher.FISHER_KINDS, "compile": meta_baselines.COMPILE_MODES}
 GRID_CLASSES = 10  # sample grids show each task's first 10 classes, one image each (label_source cycles classes)
 # random streams (the last key of experiment.generator)
@@ -290,7 +291,7 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
     task_rows = [train_set.task_index(k, cfg.classes_per_task) for k in range(cfg.num_tasks)]
     steps = [steps_for_task(cfg, len(r)) for r in task_rows]
     steps[0] = cfg.first_task_steps or steps[0]
-    sched = diffusion.Schedule()
+    sched = diffusion.Schedule(prediction=cfg.prediction)
     torch.manual_seed(cfg.seed)  # parameter init (the only use of the global RNG)
     model = build_model(cfg, device)
     learner, pool, teacher, state = experiment.start(folder, cfg, model, sched)
@@ -417,7 +418,8 @@ def bench(cfg: Config, extractor, device) -> None:
     """DDIM sampling and FID feature extraction images/s, each on one batch of sample_batch images."""
     model = build_model(cfg, device)
     mode = meta_baselines.compile_denoiser(model, cfg.compile)
-    labels, sched = torch.arange(cfg.sample_batch) % (cfg.num_tasks * cfg.classes_per_task), diffusion.Schedule()
+    labels, sched = torch.arange(cfg.sample_batch) % (cfg.num_tasks * cfg.classes_per_task), \
+        diffusion.Schedule(prediction=cfg.prediction)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for reps in (1, 3):  # the first call warms up
         sync()

@@ -93,6 +93,7 @@ class Config:
     inner_lr: float = 1e-4  # Table 3: inner SGD lr (ftml, vrmcl)
     vr_momentum: float = 0.15  # VR-MCL r (official run commands)
     second_order: bool = False  # ftml/vrmcl: second-order meta-gradient (Section 4: first order)
+    prediction: str = "epsilon"  # what the denoiser predicts: epsilon (Eq. 3, the paper) | sample (x0; ours, diffusion.py)
     ddim_steps: int = 10  # DDIM steps of every score (Appendix C.1.1: 50)
     curve: str = "dense"  # Task-1 curve: dense (metrics.eval_schedule) | end | off | in-task steps "100,200"
     data_seed: int = 0  # the point clouds' seed (fixed across training seeds)
@@ -110,7 +111,7 @@ PRESETS = {
                   batch_size=16, steps_per_task=12, fisher_samples=32, fisher_batch=16, replay_per_task=16,
                   replay_ddim_steps=4, ddim_steps=4, log_every=4, progress=False),
 }
-CHOICES = {"fisher": fisher.FISHER_KINDS}
+CHOICES = {"fisher": fisher.FISHER_KINDS, "prediction": diffusion.PREDICTIONS}
 # random streams (the last key of experiment.generator)
 STREAM_TRAIN, STREAM_NOISE, STREAM_EVAL, STREAM_FISHER, STREAM_POOL = range(5)
 LONGEST_FIRST = ("vrmcl", "ftml", "tr", "replay", "ewc", "finetune")  # queue order: the slowest runs start first
@@ -277,7 +278,7 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple[PointSet, Point
     """The continual loop over cfg's tasks in `folder` (resumed from its checkpoint if it has one)."""
     train_set, heldout = data
     task_rows = [train_set.task_rows(k, cfg.classes_per_task) for k in range(cfg.num_tasks)]
-    sched, steps = diffusion.Schedule(), cfg.steps_per_task
+    sched, steps = diffusion.Schedule(prediction=cfg.prediction), cfg.steps_per_task
     torch.manual_seed(cfg.seed)  # parameter init (the only use of the global RNG)
     model = ToyDenoiser(cfg.num_tasks * cfg.classes_per_task, cfg.hidden).to(device)
     state = {"task": 0, "step": 0, "global_step": 0, "R": [], "R_sw": [], "curve": [], "curve_sw": [],

@@ -36,3 +36,18 @@ def holds_weight_average(ckpt: dict, model) -> bool:
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     avg = ckpt["learner"]["avg"]
     return len(names) == len(avg) and all(torch.equal(ckpt["model"][n], a) for n, a in zip(names, avg))
+
+
+def record_schedules(monkeypatch) -> list:
+    """Replace diffusion.Schedule by a subclass that appends the prediction type of every schedule built to the
+    returned list: an in-process run then shows which parameterisation it trained and sampled with."""
+    import diffusion
+    made = []
+
+    class Recording(diffusion.Schedule):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self.prediction)
+
+    monkeypatch.setattr(diffusion, "Schedule", Recording)
+    return made

@@ -13,7 +13,7 @@ import torch
 
 import cw10_data
 import train_cw10 as cw
-from conftest import default_sigint, holds_weight_average, stop_at
+from conftest import default_sigint, holds_weight_average, record_schedules, stop_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--preset", "smoke", "--threads", "1"]
@@ -172,6 +172,22 @@ def test_smoke_every_method(method, smoke_run):
     if cw.meta_baselines.uses_replay(method):
         assert any(r["kind"] == "replay" for r in records)
     assert json.loads((out / "config.json").read_text())["method"] == method
+
+
+@pytest.mark.parametrize("method", ["tr", "vrmcl"])
+def test_smoke_predicting_x0(method, data_dir, tmp_path, monkeypatch):
+    """--prediction sample, in process, for tr (Fisher, distillation of teacher rollouts) and vrmcl (plain generative
+    replay, support/query; all six methods share these learners and run with x0 in tests/test_toy.py): both tasks
+    run, and every schedule the run builds (training, Fisher, replay rollouts, evaluation) carries the x0 form.
+    Catches: a script that parses the flag but builds its diffusion.Schedule without it, so the run trains and
+    samples epsilon while its config says sample."""
+    made = record_schedules(monkeypatch)
+    cw.main(["--preset", "smoke", "--out", str(tmp_path / "run"), "--data-dir", data_dir, "--method", method,
+             "--prediction", "sample"])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["n_tasks_trained"] == 2 and summary["R"][1][1] is not None
+    assert made and set(made) == {"sample"}
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["prediction"] == "sample"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from diffusion import (Schedule, batch_loss, ddim_sample, ddim_timesteps, draw_noise, eps_loss,
+from diffusion import (Schedule, batch_loss, ddim_sample, ddim_timesteps, draw_noise, denoising_loss,
                        q_sample, with_noise)
 
 
@@ -53,8 +53,8 @@ def test_eps_loss_is_per_sample_and_reproducible():
     model = TinyDenoiser(2 * 4)
     x0 = torch.randn(6, 2, 4)
     cond = torch.randint(0, 3, (6,))
-    l1 = eps_loss(model, s, x0, cond, generator=torch.Generator().manual_seed(3))
-    l2 = eps_loss(model, s, x0, cond, generator=torch.Generator().manual_seed(3))
+    l1 = denoising_loss(model, s, x0, cond, generator=torch.Generator().manual_seed(3))
+    l2 = denoising_loss(model, s, x0, cond, generator=torch.Generator().manual_seed(3))
     assert l1.shape == (6,)
     torch.testing.assert_close(l1, l2)
     noisy = with_noise(s, (x0, cond), torch.Generator().manual_seed(3))
@@ -62,7 +62,7 @@ def test_eps_loss_is_per_sample_and_reproducible():
     # a per-sample loss: sample i depends only on sample i
     torch.testing.assert_close(batch_loss(model, s, tuple(v[:2] for v in noisy)), l1[:2])
     with pytest.raises(ValueError, match="both t and eps"):
-        eps_loss(model, s, x0, cond, t=noisy[2])
+        denoising_loss(model, s, x0, cond, t=noisy[2])
     with pytest.raises(ValueError, match="batch is"):
         batch_loss(model, s, (x0,))
 
@@ -186,6 +186,102 @@ def test_ddim_matches_gaussian_closed_form(steps):
         gaps.append(ddim_gaussian_gain(ab_list, ts_n, sd) / (sd / math.sqrt(v_T)) - 1)
     assert abs(gaps[1]) < 0.02 and 1.6 < gaps[0] / gaps[1] < 2.2
 
+# -----------------------------------------------------------------------------
+# the x0 ("sample") prediction type
+
+
+def test_schedule_rejects_an_unknown_prediction_type():
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        Schedule(prediction="x0")
+
+
+def test_x0_loss_is_the_snr_weighted_eps_loss():
+    """For the same x_t, an x0-predictor f and the eps-predictor it implies, g = (x_t - sqrt(ab) f) / sqrt(1 - ab),
+    have ||eps - g||^2 = SNR(t) ||x0 - f||^2 with SNR = ab / (1 - ab) (diffusion.py's docstring), in float64 over t
+    from 0 to 999. Also checks the x0 loss against ||x0 - f(x_t)||^2 / dim written out.
+    Catches: the sample form keeping eps as its target, or comparing f with x_t instead of x0; an x0 loss that is
+    not a mean over the non-batch dimensions."""
+    s_eps, s_x0 = Schedule(), Schedule(prediction="sample")
+    torch.manual_seed(0)
+    f = TinyDenoiser(2 * 4).double()
+
+    def g(x_t, t, cond):  # the eps-predictor implied by f, Eq. (2) solved for eps
+        ab = s_eps.coef(s_eps.alpha_bar, t, x_t)
+        return (x_t - ab.sqrt() * f(x_t, t, cond)) / (1 - ab).sqrt()
+
+    gen = torch.Generator().manual_seed(4)
+    x0 = torch.randn(7, 2, 4, generator=gen, dtype=torch.float64)
+    eps = torch.randn(7, 2, 4, generator=gen, dtype=torch.float64)
+    cond = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    t = torch.tensor([0, 1, 50, 300, 600, 900, 999])
+    l_x0 = denoising_loss(f, s_x0, x0, cond, t, eps)
+    l_eps = denoising_loss(g, s_eps, x0, cond, t, eps)
+    ab = s_eps.alpha_bar[t]
+    torch.testing.assert_close(l_eps, ab / (1 - ab) * l_x0, rtol=1e-10, atol=0)
+    x_t = ab.sqrt().reshape(-1, 1, 1) * x0 + (1 - ab).sqrt().reshape(-1, 1, 1) * eps   # Eq. (2) by hand
+    by_hand = ((x0 - f(x_t, t, cond)) ** 2).sum(dim=(1, 2)) / 8
+    torch.testing.assert_close(l_x0, by_hand, rtol=1e-12, atol=0)
+
+
+def gaussian_x0_oracle(sched, m, s):
+    """The optimal x0-predictor for x0 ~ N(m, s^2): E[x0 | x_t] = m + sqrt(ab) s^2 (x_t - sqrt(ab) m) / v_t, the
+    same posterior as gaussian_oracle's eps_star, written for the other unknown."""
+
+    def x0_star(x, t, cond):
+        ab = sched.coef(sched.alpha_bar, t, x)
+        return m + ab.sqrt() * s * s * (x - ab.sqrt() * m) / (ab * s * s + 1 - ab)
+
+    x0_star.parameters = lambda: iter([torch.zeros(1, dtype=torch.float64)])
+    return x0_star
+
+
+@pytest.mark.parametrize("steps", [50, 10])
+def test_ddim_with_the_exact_x0_predictor_equals_the_eps_one(steps):
+    """DDIM (eta 0) with the exact x0-predictor of Gaussian data gives the samples DDIM gives with the exact
+    eps-predictor (checked against the closed form above), and an x0-oracle of a point mass returns it exactly.
+    Catches: eps_hat recomputed from x0_hat with sqrt(ab) and sqrt(1 - ab) swapped or without the division, the
+    x0 output used as eps_hat (a schedule whose prediction type DDIM ignores)."""
+    m, sd = GAUSS_M, GAUSS_S
+    s_eps, s_x0 = Schedule(), Schedule(prediction="sample")
+    kw = dict(steps=steps, dtype=torch.float64)
+    ref = ddim_sample(gaussian_oracle(s_eps, m, sd), s_eps, (64, 3), None,
+                      generator=torch.Generator().manual_seed(0), **kw)
+    out = ddim_sample(gaussian_x0_oracle(s_x0, m, sd), s_x0, (64, 3), None,
+                      generator=torch.Generator().manual_seed(0), **kw)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    x_star = torch.tensor([[0.3, -0.5, 0.9]], dtype=torch.float64)
+
+    def point_mass(x, t, cond):
+        return x_star.expand_as(x)
+
+    point_mass.parameters = lambda: iter([x_star])
+    out = ddim_sample(point_mass, s_x0, (5, 3), None, generator=torch.Generator().manual_seed(0), **kw)
+    torch.testing.assert_close(out, x_star.expand(5, 3), rtol=0, atol=1e-12)
+
+
+def test_ddim_sample_prediction_clips_x0_but_takes_eps_from_the_unclipped_one():
+    """One DDIM step with an x0-predictor as diffusers' DDIMScheduler.step (prediction_type="sample", defaults):
+    eps_hat = (x_t - sqrt(ab) x0_hat) / sqrt(1 - ab) from the network's x0_hat, then x0_hat is clipped to [-1, 1].
+    The "network" x0_hat = 3 x_t leaves [-1, 1]. Catches: eps_hat computed from the clipped x0_hat, a missing clip."""
+    s = Schedule(prediction="sample")
+
+    def model(x, t, cond):
+        return 3.0 * x
+
+    model.parameters = lambda: iter([torch.zeros(1, dtype=torch.float64)])
+    out = ddim_sample(model, s, (256, 2), None, steps=5, dtype=torch.float64,
+                      generator=torch.Generator().manual_seed(1))
+    x = torch.randn(256, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ts = [800, 600, 400, 200, 0]
+    for i, t in enumerate(ts):
+        ab = s.alpha_bar[t].item()
+        ab_prev = s.alpha_bar[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
+        x0 = model(x, None, None)
+        eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+        x = math.sqrt(ab_prev) * x0.clamp(-1, 1) + math.sqrt(1 - ab_prev) * eps
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-12)
+
+
 def test_ddim_clips_x0_but_keeps_the_network_eps():
     """One DDIM step as diffusers' DDIMScheduler.step with its defaults (clip_sample=True,
     use_clipped_model_output=False): x_prev = sqrt(ab_prev) clip(x0_hat) + sqrt(1 - ab_prev) eps_hat, with
@@ -217,3 +313,45 @@ def test_ddim_clips_x0_but_keeps_the_network_eps():
         ref[recompute] = x
     torch.testing.assert_close(out, ref[False], rtol=0, atol=1e-12)
     assert (ref[True] - ref[False]).abs().mean() > 0.1       # the two options differ measurably here
+
+
+# -----------------------------------------------------------------------------
+# the noise draw of the training loss, and the epsilon loss written out
+
+
+def test_draw_noise_trains_every_step_uniformly():
+    """t ~ U{0..T-1}: in 200,000 draws every step 0..999 occurs, each about 200 times, and eps ~ N(0, I).
+    Catches: randint(1, T) (t = 0, the step that decides the final sample, never trained), randint(0, T - 1)
+    (t = 999, the step DDIM starts from, never trained), t drawn once for the whole batch, and eps drawn
+    with rand (uniform on [0, 1)) instead of randn."""
+    s = Schedule()
+    x0 = torch.zeros(200_000, 2, dtype=torch.float64)
+    t, eps = draw_noise(s, x0, torch.Generator().manual_seed(0))
+    assert t.shape == (200_000,) and t.dtype == torch.long and eps.shape == x0.shape and eps.dtype == x0.dtype
+    counts = torch.bincount(t, minlength=1000)
+    assert counts.numel() == 1000 and counts.min().item() >= 130 and counts.max().item() <= 270  # 200 +- 5 s.d.
+    assert abs(t.double().mean().item() - 499.5) < 3.0
+    assert abs(eps.mean().item()) < 0.01 and abs(eps.std().item() - 1.0) < 0.01
+    a, b = (draw_noise(s, x0[:8], torch.Generator().manual_seed(1)) for _ in range(2))   # from the generator
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_eps_loss_equals_eq3_written_out():
+    """The epsilon loss of a pre-noised batch is mean_d (eps - model(sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t, c))^2
+    (Eq. 2-3, mean over the non-batch dimensions), written out in float64 with alpha_bar by hand.
+    Catches: a sum over dimensions instead of the mean (the paper's lambda values are for the mean form), x0 or
+    eps handed to the network instead of x_t, t shifted by one, and x0 as the target of the epsilon form."""
+    s = Schedule()
+    torch.manual_seed(1)
+    model = TinyDenoiser(3 * 2).double()
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.rand(5, 3, 2, generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(5, 3, 2, generator=g, dtype=torch.float64)
+    cond = torch.tensor([0, 1, 2, 1, 0])
+    t = torch.tensor([0, 1, 250, 700, 999])
+    loss = batch_loss(model, s, (x0, cond, t, eps))
+    for i in range(5):
+        ab = math.prod(1 - (1e-4 + (0.02 - 1e-4) * k / 999) for k in range(t[i].item() + 1))
+        x_t = math.sqrt(ab) * x0[i:i + 1] + math.sqrt(1 - ab) * eps[i:i + 1]
+        ref = ((eps[i:i + 1] - model(x_t, t[i:i + 1], cond[i:i + 1])) ** 2).sum().item() / 6
+        assert abs(loss[i].item() - ref) <= 1e-12 * ref

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 import experiment  # noqa: E402
 import image_data
 import train_imagenet as ti  # noqa: E402
-from conftest import default_sigint, holds_weight_average, stop_at  # noqa: E402
+from conftest import default_sigint, holds_weight_average, record_schedules, stop_at  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------------
 # ImageNet-32 npz files in the official format, small
@@ -244,6 +244,18 @@ def test_smoke_tr(tr_run):
     assert len(fisher) == 1 and set(fisher[0]["diagnostics"]["bands"]) <= {"0-250", "250-500", "500-750", "750-1000"}
     train = [r for r in records if r["kind"] == "train" and r["task"] == 1]
     assert all(k in train[0] for k in ("norm_A", "norm_B", "norm_C", "trust_region", "grad_norm"))
+
+
+@pytest.mark.parametrize("method", ["tr", "vrmcl"])
+def test_smoke_predicting_x0(method, tmp_path, monkeypatch):
+    """--prediction sample, in process, for tr (Fisher, distillation replay, DDIM grids) and vrmcl (plain generative
+    replay, support/query): every schedule the run builds carries the x0 form. Catches: a script that parses the
+    flag but builds a diffusion.Schedule (training, the FID samples, the grids) without it."""
+    made = record_schedules(monkeypatch)
+    ti.main(["--preset", "smoke", "--out", str(tmp_path / "run"), "--method", method, "--prediction", "sample"])
+    _check_run(tmp_path / "run", method)
+    assert made and set(made) == {"sample"}
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["prediction"] == "sample"
 
 
 def test_smoke_ewc_with_the_diagonal_fisher(tmp_path):

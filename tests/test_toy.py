@@ -15,6 +15,7 @@ import torch
 import experiment
 import metrics
 import train_toy
+from conftest import record_schedules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -167,6 +168,17 @@ def test_every_method_learns_task1_and_replay_and_tr_forget_less_than_finetune(t
     forgetting = {m: results[m]["forgetting"] for m in ("finetune", "replay", "tr")}
     assert forgetting["finetune"] > 1000.0, forgetting
     assert forgetting["replay"] < forgetting["finetune"] and forgetting["tr"] < forgetting["finetune"], forgetting
+
+
+def test_every_method_runs_predicting_x0(tmp_path, monkeypatch):
+    """--prediction sample, in process: all six methods finish, and every schedule built carries the x0 form.
+    Catches: a script that parses the flag but builds its diffusion.Schedule without it (trains epsilon)."""
+    made = record_schedules(monkeypatch)
+    train_toy.main(["--preset", "smoke", "--out", str(tmp_path / "s"), "--workers", "1", "--prediction", "sample"])
+    assert made and set(made) == {"sample"}
+    for m in train_toy.LONGEST_FIRST:
+        assert json.loads((tmp_path / "s" / f"{m}-s0" / "config.json").read_text())["prediction"] == "sample"
+        assert json.loads((tmp_path / "s" / f"{m}-s0" / "summary.json").read_text())["n_tasks_trained"] == 2
 
 
 def test_curve_at_each_task_end_equals_R_first_column(smoke):
