@@ -24,6 +24,7 @@ Deviations from the paper:
 from __future__ import annotations
 
 import functools
+import json
 import multiprocessing
 import os
 import signal
@@ -379,11 +380,13 @@ class EnvPool:
 
 
 @torch.no_grad()
-def rollout(model, sched, envs: EnvPool, task: str, seeds, cfg, lo, hi, generator, device, record: bool = False):
+def rollout(model, sched, envs: EnvPool, task: str, seeds, cfg, lo, hi, generator, device, record: bool = False,
+            paths: list | None = None):
     """Run len(seeds) episodes of `task` in lock step: one DDIM policy call per re-planning step for all of them.
 
     Returns success (n,) bool (any step succeeded) and, if record, the re-planning windows
     (cond (n, R, O, 39) normalised, x0 (n, R, S, 4) the sampled action sequences), R = ceil(T / A).
+    If `paths` is a list, (raw observations (n, L, 39) from the reset on, success (n,)) is appended to it.
     Without record, an episode that has succeeded is not stepped any more (its later steps cannot change the
     result) and the rollout ends once all have succeeded; the policy is still called on all n episodes, so
     the DDIM noise drawn for the others does not change.
@@ -391,7 +394,7 @@ def rollout(model, sched, envs: EnvPool, task: str, seeds, cfg, lo, hi, generato
     n, O, A, S, T = len(seeds), cfg.obs_horizon, cfg.action_chunk, cfg.horizon, cfg.max_path_length
     obs = envs.reset(task, seeds)  # (n, 39)
     history = np.repeat(obs[:, None], O, axis=1)  # (n, O, 39): the first observation repeated at reset
-    success, conds, plans = np.zeros(n, bool), [], []
+    success, conds, plans, trace = np.zeros(n, bool), [], [], [obs]
     for t0 in range(0, T, A):
         cond = torch.from_numpy(normalise_obs(history, lo, hi).astype(np.float32)).to(device)  # (n, O, 39)
         x0 = diffusion.ddim_sample(model, sched, (n, S, ACT_DIM), cond, steps=cfg.ddim_steps, generator=generator,
@@ -405,21 +408,123 @@ def rollout(model, sched, envs: EnvPool, task: str, seeds, cfg, lo, hi, generato
         obs_seq, success = envs.step(chunk[:, : T - t0], stop_on_success=not record)  # (J, n, 39), J = min(A, T-t0)
         for obs in obs_seq:
             history = np.concatenate([history[:, 1:], obs[:, None]], axis=1)  # (n, O, 39)
+        if paths is not None:
+            trace.extend(obs_seq)
         if not record and success.all():
             break
+    if paths is not None:
+        paths.append((np.stack(trace, axis=1), success.copy()))  # (n, L, 39), (n,)
     return success, (torch.stack(conds, 1), torch.stack(plans, 1)) if record else None  # (n,R,O,39), (n,R,S,4)
 
 
-def run_episodes(model, sched, cfg, task, n, kind, generator, envs: EnvPool, lo, hi, device, record=False):
-    """n episodes of `task` in batches of rollout_batch, with the episode seeds of `kind`."""
+def run_episodes(model, sched, cfg, task, n, kind, generator, envs: EnvPool, lo, hi, device, record=False,
+                 paths=None):
+    """n episodes of `task` in batches of rollout_batch, with the episode seeds of `kind`; `paths` as rollout's."""
     was_training = model.training
     model.eval()
     successes, records = [], []
     for start in range(0, n, cfg.rollout_batch):
         m = min(cfg.rollout_batch, n - start)
         seeds = episode_seeds(kind, cfg.seed if kind == EPISODES_REPLAY else 0, task, start, m)
-        ok, rec = rollout(model, sched, envs, task, seeds, cfg, lo, hi, generator, device, record)
+        ok, rec = rollout(model, sched, envs, task, seeds, cfg, lo, hi, generator, device, record, paths)
         successes.append(ok)
         records.append(rec)
     model.train(was_training)
     return np.concatenate(successes), records
+
+# ----------------------------------------------------------------------------------------------------------------
+# Task 1's paths after each task: forgetting you can see (the image experiment's sample grids, for a policy)
+
+# Meta-World's observation layout (reference notes §4): hand xyz, gripper, object xyz + quaternion, a second object,
+# the previous frame, goal xyz (36:39)
+HAND, OBJECT, GOAL = slice(0, 3), slice(4, 7), slice(36, 39)
+
+
+def task_paths(paths: list, n: int, max_path_length: int) -> dict:
+    """The first n episodes of rollout(paths=...)'s list as {"xyz": (n, T+1, 9) float32 tensor of hand, object and
+    goal positions, "success": (n,) bool tensor}. An episode that stopped at its success keeps its last observation
+    for the remaining steps (the environment was not stepped any more)."""
+    xyz, ok = [], []
+    for trace, success in paths:
+        pad = np.repeat(trace[:, -1:], max_path_length + 1 - trace.shape[1], axis=1)
+        full = np.concatenate([trace, pad], axis=1)  # (m, T+1, 39)
+        xyz.append(np.concatenate([full[..., HAND], full[..., OBJECT], full[..., GOAL]], axis=-1))
+        ok.append(success)
+    return {"xyz": torch.from_numpy(np.concatenate(xyz)[:n].astype(np.float32)),
+            "success": torch.from_numpy(np.concatenate(ok)[:n])}
+
+
+def plot_paths(out: str, rows: list[list[dict]], row_names: list[str], col_names: list[str], title: str) -> None:
+    """PNG (atomic) of Task 1's episodes seen from above (x, y), rows[r][c] = task_paths' dict or None (blank): per
+    episode, one colour: the hand's path (thin), the object's path (dashed, a dot where it started), the goal (star)
+    and where the object ended (a filled circle if the episode succeeded, a cross if not). Same axes everywhere."""
+    import matplotlib  # local, as metrics.plot_figure2
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [c for row in rows for c in row if c is not None]
+    pts = np.concatenate([c["xyz"].numpy().reshape(-1, 3, 3)[:, :, :2].reshape(-1, 2) for c in cells])
+    lo, hi = pts.min(0) - 0.02, pts.max(0) + 0.02
+    ncol = len(col_names)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.7 * ncol + 1.0, 1.7 * len(rows) + 0.7), squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(ncol):
+            ax, cell = axes[r][c], row[c] if c < len(row) else None
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(row_names[r], fontsize=8)
+            if cell is None:
+                ax.set_frame_on(False)
+                continue
+            xyz, ok = cell["xyz"].numpy(), cell["success"].numpy()
+            for e in range(len(xyz)):
+                color = plt.cm.tab10(e % 10)
+                hand, obj, goal = xyz[e, :, HAND], xyz[e, :, 3:6], xyz[e, 0, 6:9]
+                ax.plot(hand[:, 0], hand[:, 1], color=color, linewidth=0.7)
+                ax.plot(obj[:, 0], obj[:, 1], color=color, linewidth=1.4, linestyle="--")
+                ax.plot(obj[0, 0], obj[0, 1], "o", color=color, markersize=2.5)
+                ax.plot(goal[0], goal[1], "*", color=color, markersize=7, markeredgecolor="k", markeredgewidth=0.3)
+                ax.plot(obj[-1, 0], obj[-1, 1], "o" if ok[e] else "x", color=color, markersize=5,
+                        markeredgecolor="k" if ok[e] else color)
+            ax.set_xlim(lo[0], hi[0])
+            ax.set_ylim(lo[1], hi[1])
+            ax.set_aspect("equal")
+            ax.set_title(f"{col_names[c]}: {int(ok.sum())}/{len(ok)}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out + ".tmp", format="png", dpi=110)
+    plt.close(fig)
+    os.replace(out + ".tmp", out)
+
+
+def write_paths(out_dir: str, paths: list[dict], tasks: list[str], name: str) -> None:
+    """task1_paths.npz (xyz (K, E, T+1, 9), success (K, E): Task 1's episodes after tasks 1..K) and task1_paths.png
+    (one row, a column per task end) in a run folder, both atomic."""
+    path = os.path.join(out_dir, "task1_paths.npz")
+    with open(path + ".tmp", "wb") as f:
+        np.savez_compressed(f, xyz=np.stack([p["xyz"].numpy() for p in paths]),
+                            success=np.stack([p["success"].numpy() for p in paths]), tasks=np.array(tasks))
+    os.replace(path + ".tmp", path)
+    plot_paths(os.path.join(out_dir, "task1_paths.png"), [paths], [name],
+               [f"after T{k + 1}" for k in range(len(paths))], f"Task 1 ({tasks[0]}) from above, {name}")
+
+
+def compare(run_dirs: list[str], out: str) -> None:
+    """One PNG, one row per run: Task 1's episodes after each task (task1_paths.npz), e.g. every method of a seed.
+    The runs share the evaluation episodes (fixed seeds), so each column shows the same goals in every row."""
+    rows, names, ncol = [], [], 0
+    for d in run_dirs:
+        path = os.path.join(d, "task1_paths.npz")
+        if not os.path.isfile(path):
+            raise ValueError(f"{path} not found (written at every task end of a CW10 run with --path-episodes > 0)")
+        with np.load(path) as z, open(os.path.join(d, "config.json"), encoding="utf-8") as f:
+            cfg, tasks = json.load(f), [str(t) for t in z["tasks"]]
+            rows.append([{"xyz": torch.from_numpy(x), "success": torch.from_numpy(s)}
+                         for x, s in zip(z["xyz"], z["success"])])
+        names.append(f"{cfg['method']} s{cfg['seed']}")
+        ncol = max(ncol, len(rows[-1]))
+    plot_paths(out, rows, names, [f"after T{k + 1}" for k in range(ncol)],
+               f"Task 1 ({tasks[0]}) from above: hand (line), object (dashed), goal (star); o = success, x = failure")
+    print(f"wrote {out}")

@@ -7,6 +7,7 @@ Appendix C.2.
     python train_cw10.py --tasks hammer --curve 250,500,1000 --steps-per-task 1000   # one task, a learning curve
     python train_cw10.py --grid paper --tasks hammer        # Table 5's (S, O, A) grid, single-task runs
     python train_cw10.py --bench --env-workers 2            # rollouts: serial, batched, worker processes; demos/s
+    python train_cw10.py --compare RUN RUN ... --out paths.png   # Task 1's episodes after each task, a row per run
 Rerun the same command to resume a run that was stopped (Ctrl-C, kill -9): it continues from its last checkpoint
 and writes the same files an uninterrupted run writes. Training steps/s per method: meta_baselines.py --bench.
 
@@ -94,6 +95,7 @@ class Config:
     curve: str = "dense"  # Task-1 curve: dense (metrics.eval_schedule) | end | off | in-task steps "250,500,..."
     curve_episodes: int = 50  # rollouts per curve point (Figure 2, Table 2; ours)
     curve_all_tasks: bool = False  # evaluate every seen task on the curve schedule (Appendix D tables)
+    path_episodes: int = 4  # Task 1's first evaluation episodes drawn from above after each task (ours; 0 = none)
     rollout_batch: int = 100  # environments stepped together in one batched rollout
     env_workers: int = 0  # processes stepping the rollout environments (0 = this process; identical results)
     log_every: int = 100  # steps between train records (losses, Eq. 9 term norms, Eq. 6) in metrics.jsonl
@@ -129,7 +131,7 @@ PRESETS = {
                 log_every=100, checkpoint_every=1000),
     "smoke": dict(model="tiny", tasks="hammer,push-wall", batch_size=8, steps_per_task=8, fisher_samples=16,
                   replay_rollouts=2, replay_windows=4, demos_per_task=3, demo_keep="all", max_path_length=20,
-                  ddim_steps=2, eval_episodes=2, curve_episodes=2, rollout_batch=2, log_every=4,
+                  ddim_steps=2, eval_episodes=2, curve_episodes=2, rollout_batch=2, path_episodes=2, log_every=4,
                   checkpoint_every=3, workers=1, progress=False),
 }
 CHOICES = {"method": meta_baselines.METHODS, "model": tuple(MODELS), "lr_schedule": ("constant", "cosine"),
@@ -158,7 +160,7 @@ def validate(cfg: Config) -> None:
     experiment.validate_common(cfg, positive=(
         "batch_size", "lr", "steps_per_task", "fisher_samples", "replay_rollouts", "replay_windows", "demos_per_task",
         "max_path_length", "eval_episodes", "curve_episodes", "rollout_batch", "log_every", "checkpoint_every"),
-        non_negative=("lr_warmup", "lam", "beta", "replay_ratio", "inner_lr", "vr_momentum", "grad_clip", "workers",
+        non_negative=("path_episodes", "lr_warmup", "lam", "beta", "replay_ratio", "inner_lr", "vr_momentum", "grad_clip", "workers",
                       "env_workers", "threads"), below_one=("ema",))
     tasks = task_list(cfg)
     experiment.require(bool(tasks) and len(set(tasks)) == len(tasks),
@@ -170,6 +172,8 @@ def validate(cfg: Config) -> None:
     experiment.require(O >= 1 and A >= 1, f"--obs-horizon O={O} and --action-chunk A={A} must be >= 1")
     experiment.require(O + A <= S + 1, f"O + A = {O + A} > S + 1 = {S + 1}: executed actions must fit in the horizon")
     experiment.require(1 <= cfg.ddim_steps <= cfg.train_timesteps, f"--ddim-steps must be in 1..{cfg.train_timesteps}")
+    experiment.require(cfg.path_episodes <= cfg.eval_episodes,
+                       f"--path-episodes ({cfg.path_episodes}) must be at most --eval-episodes ({cfg.eval_episodes})")
     n_replay = replay_batch_size(cfg)
     experiment.require(cfg.method not in ("ftml", "vrmcl") or (cfg.batch_size % 2 == 0 and n_replay % 2 == 0),
                        f"{cfg.method} splits each batch into support and query halves: --batch-size "
@@ -209,12 +213,12 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
         experiment.check_parameters(model, f"task {state['task'] + 1} step {state['step']}")
         folder.save(experiment.checkpoint(cfg, state, model, learner, pool, teacher))
 
-    def evaluate(j: int, n: int, in_task: int) -> float:
+    def evaluate(j: int, n: int, in_task: int, paths: list | None = None) -> float:
         """Success rate of task j over n episodes (fixed evaluation seeds, DDIM noise keyed by time and task)."""
         experiment.check_parameters(model, f"task {state['task'] + 1} step {in_task}")
         g = experiment.generator(cfg.seed, state["task"], in_task, STREAM_EVAL, j, device=device)
         ok, _ = cw10_data.run_episodes(model, sched, cfg, tasks[j], n, cw10_data.EPISODES_EVAL, g, envs, lo, hi,
-                                       device)
+                                       device, paths=paths)
         return float(ok.mean())
 
     def curve_point(j: int, in_task: int, score: float) -> None:
@@ -247,7 +251,10 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
         experiment.end_task(learner)
         # task boundary, the same steps in every experiment: (1) evaluate every seen task (row k of R),
         # (2) Fisher of task k, (3) teacher and replay pool of task k; nothing is estimated after the last task
-        row = [evaluate(j, cfg.eval_episodes, cfg.steps_per_task) for j in range(k + 1)]
+        traces = []  # Task 1's evaluation episodes (raw observations): the first path_episodes are kept
+        row = [evaluate(j, cfg.eval_episodes, cfg.steps_per_task, traces if j == 0 else None) for j in range(k + 1)]
+        if cfg.path_episodes:
+            state.setdefault("paths", []).append(cw10_data.task_paths(traces, cfg.path_episodes, cfg.max_path_length))
         for j in range(k + 1) if cfg.curve_all_tasks else [0]:
             if cfg.steps_per_task in curve_at:
                 curve_point(j, cfg.steps_per_task, row[j])
@@ -297,6 +304,8 @@ def write_summary(cfg: Config, folder, state: dict, tasks: list[str]) -> dict:
                "model": cfg.model, "steps_per_task": cfg.steps_per_task, "fisher": cfg.fisher})
     metrics.write_run_outputs(folder.out, summary, "Task 1 success rate",
                               f"CW10 Task 1 ({tasks[0]}), {cfg.method}, seed {cfg.seed}")
+    if state.get("paths"):
+        cw10_data.write_paths(folder.out, state["paths"], tasks, f"{cfg.method} s{cfg.seed}")
     return summary
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -390,7 +399,12 @@ def main(argv=None) -> None:
         ("--grid", dict(default="", help="Table 5: 'paper' or names like S8_O6_A2,S8_O4_A4; single-task runs of "
                                          "--tasks, then OUT/table5.md")),
         ("--bench", dict(action="store_true", help="time rollouts (one at a time, batched, env workers) and demo "
-                                                   "collection, then exit"))])
+                                                   "collection, then exit")),
+        ("--compare", dict(nargs="+", metavar="RUN", help="write --out (a PNG): Task 1's episodes from above after "
+                                                          "each task, one row per run folder, then exit"))])
+    if args.compare:
+        experiment.require(bool(args.out) and args.out.endswith(".png"), "--compare needs --out FILE.png")
+        return cw10_data.compare(args.compare, args.out)
     validate(cfg)
     device = experiment.setup_torch(cfg.device, cfg.threads)
     if args.bench:

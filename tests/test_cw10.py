@@ -174,6 +174,32 @@ def test_smoke_every_method(method, smoke_run):
     assert json.loads((out / "config.json").read_text())["method"] == method
 
 
+def test_task1_paths_are_task1s_fixed_evaluation_episodes(data_dir, smoke_run, tmp_path):
+    """task1_paths.npz holds, after each task, Task 1's first evaluation episodes: each starts at the reset of the
+    fixed evaluation seeds (the same hand, object and goal in every column), and their success is R's first column
+    (the smoke preset draws all its 2 evaluation episodes). --compare puts runs in rows.
+    Catches: paths recorded from the last task evaluated instead of Task 1, episodes of other seeds (replay's, or
+    new ones per boundary), object and goal columns taken from the wrong observation slots."""
+    out = smoke_run("tr")
+    summary = json.loads((out / "summary.json").read_text())
+    cfg = smoke_cfg(data_dir)
+    with np.load(out / "task1_paths.npz") as z:
+        xyz, success, tasks = z["xyz"], z["success"], list(z["tasks"])
+    assert xyz.shape == (2, cfg.path_episodes, cfg.max_path_length + 1, 9) and tasks == ["hammer", "push-wall"]
+    seeds = cw10_data.episode_seeds(cw10_data.EPISODES_EVAL, 0, "hammer", 0, cfg.path_episodes)
+    env = cw10_data.make_env("hammer", cfg.max_path_length)
+    for e, s in enumerate(seeds):
+        obs = cw10_data.reset_env(env, int(s))
+        first = np.concatenate([obs[0:3], obs[4:7], obs[36:39]])
+        for k in range(2):
+            np.testing.assert_allclose(xyz[k, e, 0], first, rtol=0, atol=1e-6)
+    assert [float(s.mean()) for s in success] == [row[0] for row in summary["R"]]
+    assert (out / "task1_paths.png").stat().st_size > 0
+    png = tmp_path / "cmp.png"
+    cw.main(["--compare", str(out), str(smoke_run("replay")), "--out", str(png)])
+    assert png.stat().st_size > 0
+
+
 @pytest.mark.parametrize("method", ["tr", "vrmcl"])
 def test_smoke_predicting_x0(method, data_dir, tmp_path, monkeypatch):
     """--prediction sample, in process, for tr (Fisher, distillation of teacher rollouts) and vrmcl (plain generative
