@@ -39,7 +39,8 @@ Deviations from the paper
 - The schedule is fixed to diffusers' defaults (linear betas 1e-4..0.02, 1000 steps; reference
   notes §6); DDIM uses "leading" spacing (980, 960, ..., 0 for 50 steps) and alpha_bar_prev = 1
   at the last step, as diffusers' DDIMScheduler. The DDIM step follows DDIMScheduler.step's defaults:
-  x0_hat is clipped to [-1, 1], and the direction term uses the network's eps_hat as predicted (for "sample": the eps_hat implied by the unclipped x0_hat, as diffusers).
+  x0_hat is clipped to [-1, 1], and the direction term uses the network's eps_hat as predicted (for "sample": the
+  eps_hat implied by the unclipped x0_hat, as diffusers).
 """
 from __future__ import annotations
 

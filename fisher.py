@@ -366,13 +366,15 @@ FISHER_KINDS = ("rank1", "diag")
 
 
 def estimate_on_task(model, sched, get, n_available: int, n_samples: int, batch_size: int, index_gen, noise_gen,
-                     kind: str = "rank1", progress: bool = False) -> Rank1Fisher | DiagonalFisher:
+                     kind: str = "rank1", progress: bool = False,
+                     diag_samples: int = 64) -> Rank1Fisher | DiagonalFisher:
     """The Fisher of a just-finished task at theta* = the current parameters, by one protocol for all experiments.
 
     Protocol (the authors' code, reference notes §1): min(n_samples, n_available) items of the task's real
     training data, chosen once without replacement with index_gen (CPU); both passes of the rank-1 estimate
     run over the same items in the same order, each item with fresh t ~ U{0..T-1} and eps ~ N(0, I) in each
-    pass, drawn from noise_gen (on the model's device); model in eval mode. The diagnostics use a third draw.
+    pass, drawn from noise_gen (on the model's device); model in eval mode. The rank-1 diagnostics use a third
+    draw, on their first diag_samples items.
     get(idx (n,) long) -> (x0, cond) on the model's device. kind "diag" gives classic EWC's DiagonalFisher.
     """
     if kind not in FISHER_KINDS:
@@ -383,8 +385,9 @@ def estimate_on_task(model, sched, get, n_available: int, n_samples: int, batch_
         for start in range(0, len(idx), batch_size):
             yield diffusion.with_noise(sched, get(idx[start:start + batch_size]), noise_gen)
 
-    estimate = Rank1Fisher.estimate if kind == "rank1" else DiagonalFisher.estimate
-    return estimate(model, diffusion.loss_fn(sched), batches, progress=progress)
+    if kind == "diag":
+        return DiagonalFisher.estimate(model, diffusion.loss_fn(sched), batches, progress=progress)
+    return Rank1Fisher.estimate(model, diffusion.loss_fn(sched), batches, progress=progress, diag_samples=diag_samples)
 
 # -----------------------------------------------------------------------------
 # benchmark: batched estimate against the authors' one-sample loop

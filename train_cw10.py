@@ -85,7 +85,7 @@ class Config:
     obs_horizon: int = 6  # O, Section 4.2 / Table 5
     action_chunk: int = 2  # A, Section 4.2 / Table 5
     train_timesteps: int = 1000  # App. C.2.1, diffusion steps T
-    prediction: str = "epsilon"  # what the denoiser predicts: epsilon (Eq. 3, the paper) | sample (x0; ours, diffusion.py)
+    prediction: str = "epsilon"  # the denoiser predicts: epsilon (Eq. 3, the paper) | sample (x0; ours, diffusion.py)
     ddim_steps: int = 50  # App. C.2.1, DDIM steps at inference
     demos_per_task: int = 2500  # Section 4.2, expert trajectories per task
     demo_keep: str = "success"  # success | all: which expert episodes become demonstrations
@@ -160,8 +160,8 @@ def validate(cfg: Config) -> None:
     experiment.validate_common(cfg, positive=(
         "batch_size", "lr", "steps_per_task", "fisher_samples", "replay_rollouts", "replay_windows", "demos_per_task",
         "max_path_length", "eval_episodes", "curve_episodes", "rollout_batch", "log_every", "checkpoint_every"),
-        non_negative=("path_episodes", "lr_warmup", "lam", "beta", "replay_ratio", "inner_lr", "vr_momentum", "grad_clip", "workers",
-                      "env_workers", "threads"), below_one=("ema",))
+        non_negative=("path_episodes", "lr_warmup", "lam", "beta", "replay_ratio", "inner_lr", "vr_momentum",
+                      "grad_clip", "workers", "env_workers", "threads"), below_one=("ema",))
     tasks = task_list(cfg)
     experiment.require(bool(tasks) and len(set(tasks)) == len(tasks),
                        f"--tasks must name distinct tasks: {cfg.tasks!r}")

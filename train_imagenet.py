@@ -105,7 +105,7 @@ class Config:
     replay_rebuild: bool = True  # regenerate every old task's pool at each boundary (authors' gr.py)
     inner_lr: float = 1e-4  # Table 3: inner SGD lr (ftml, vrmcl)
     vr_momentum: float = 0.15  # VR-MCL r (official run commands; reference notes §3)
-    prediction: str = "epsilon"  # what the denoiser predicts: epsilon (Eq. 3, the paper) | sample (x0; ours, diffusion.py)
+    prediction: str = "epsilon"  # the denoiser predicts: epsilon (Eq. 3, the paper) | sample (x0; ours, diffusion.py)
     ddim_steps: int = 50  # Appendix C.1.1: DDIM 50 inference steps (FID samples, grids)
     fid_samples: int = 2_500  # generated images per task for R[i][j] (50 per class)
     heldout_per_class: int = 50  # held-out images per class (ImageNet-32 val has 50); shapes: drawn

@@ -93,7 +93,7 @@ class Config:
     inner_lr: float = 1e-4  # Table 3: inner SGD lr (ftml, vrmcl)
     vr_momentum: float = 0.15  # VR-MCL r (official run commands)
     second_order: bool = False  # ftml/vrmcl: second-order meta-gradient (Section 4: first order)
-    prediction: str = "epsilon"  # what the denoiser predicts: epsilon (Eq. 3, the paper) | sample (x0; ours, diffusion.py)
+    prediction: str = "epsilon"  # the denoiser predicts: epsilon (Eq. 3, the paper) | sample (x0; ours, diffusion.py)
     ddim_steps: int = 10  # DDIM steps of every score (Appendix C.1.1: 50)
     curve: str = "dense"  # Task-1 curve: dense (metrics.eval_schedule) | end | off | in-task steps "100,200"
     data_seed: int = 0  # the point clouds' seed (fixed across training seeds)
