@@ -192,6 +192,14 @@ def curve_points(spec, steps_per_task):
     return points
 
 
+def task_curve_points(spec, task_steps):
+    """curve_points for one task of task_steps updates when tasks differ in length (--first-task-steps): a list may
+    name steps past the end of a shorter task, which that task skips. A set."""
+    if spec in ("dense", "end", "off"):
+        return set(curve_points(spec, task_steps))
+    return {p for p in curve_points(spec, 10 ** 9) if p <= task_steps}
+
+
 def empty_matrix(n_tasks):
     """An n_tasks x n_tasks score matrix of None, to be filled row by row (R[i][j], j <= i)."""
     return [[None] * n_tasks for _ in range(n_tasks)]

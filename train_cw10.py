@@ -69,6 +69,7 @@ class Config:
     lr_schedule: str = "constant"  # constant (Table 4) | cosine: lr (1 + cos(pi s / S)) / 2 at step s of each task's S
     lr_warmup: int = 0  # cosine only: the lr also rises linearly over each task's first lr_warmup steps
     steps_per_task: int = 50_000  # Table 4, gradient / meta updates per task
+    first_task_steps: int = 0  # > 0: Task 1's updates (the one task learned from random weights; ours, not paper)
     fisher: str = "rank1"  # rank1 (Wang et al. 2026, the paper) | diag (classic EWC, for comparison)
     fisher_samples: int = 20_000  # Table 4, Fisher samples per task
     lam: float = 12.0  # Table 4, EWC lambda
@@ -160,7 +161,7 @@ def validate(cfg: Config) -> None:
     experiment.validate_common(cfg, positive=(
         "batch_size", "lr", "steps_per_task", "fisher_samples", "replay_rollouts", "replay_windows", "demos_per_task",
         "max_path_length", "eval_episodes", "curve_episodes", "rollout_batch", "log_every", "checkpoint_every"),
-        non_negative=("path_episodes", "lr_warmup", "lam", "beta", "replay_ratio", "inner_lr", "vr_momentum",
+        non_negative=("first_task_steps", "path_episodes", "lr_warmup", "lam", "beta", "replay_ratio", "inner_lr", "vr_momentum",
                       "grad_clip", "workers", "env_workers", "threads"), below_one=("ema",))
     tasks = task_list(cfg)
     experiment.require(bool(tasks) and len(set(tasks)) == len(tasks),
@@ -179,8 +180,13 @@ def validate(cfg: Config) -> None:
                        f"{cfg.method} splits each batch into support and query halves: --batch-size "
                        f"({cfg.batch_size}) and the replay batch ({n_replay}) must be even")
     experiment.require(not meta_baselines.uses_replay(cfg.method) or n_replay >= 1, "--replay-ratio gives no replay")
-    metrics.curve_points(cfg.curve, cfg.steps_per_task)  # ValueError on a malformed --curve
+    metrics.curve_points(cfg.curve, max(cfg.steps_per_task, cfg.first_task_steps))  # ValueError if malformed
     experiment.check_writable(cfg.data_dir, "the demo cache")
+
+
+def task_steps(cfg: Config, k: int) -> int:
+    """Updates of task k (0-based): steps_per_task, or first_task_steps for Task 1 when set."""
+    return cfg.first_task_steps if k == 0 and cfg.first_task_steps else cfg.steps_per_task
 
 
 def replay_batch_size(cfg: Config) -> int:
@@ -226,38 +232,39 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
         log({"kind": "curve", "global_step": state["global_step"], "task": state["task"], "in_task_step": in_task,
              "eval_task": j, "success": score})
 
-    curve_at = set(metrics.curve_points(cfg.curve, cfg.steps_per_task))
     start = time.perf_counter()
     while state["task"] < len(tasks):
         k = state["task"]
+        steps = task_steps(cfg, k)
+        curve_at = metrics.task_curve_points(cfg.curve, steps)
         data = cw10_data.task_dataset(cfg, tasks[k], lo, hi, device)
         model.train()
-        bar = tqdm(range(state["step"], cfg.steps_per_task), desc=f"task {k + 1} {tasks[k]}",
-                   disable=not cfg.progress, initial=state["step"], total=cfg.steps_per_task)
+        bar = tqdm(range(state["step"], steps), desc=f"task {k + 1} {tasks[k]}",
+                   disable=not cfg.progress, initial=state["step"], total=steps)
         for s in bar:
-            experiment.set_lr(learner, cfg, s, cfg.steps_per_task)
+            experiment.set_lr(learner, cfg, s, steps)
             g = experiment.generator(cfg.seed, k, s, STREAM_TRAIN)
             batch = data.sample(cfg.batch_size, g)  # (B, S, 4), (B, O, 39)
             replay_batch = pool.sample(replay_batch_size(cfg), g, device) if len(pool) else None
             noise = experiment.generator(cfg.seed, k, s, STREAM_NOISE, device=device)
             experiment.train_step(learner, batch, replay_batch, noise, state, folder, bar, cfg.log_every)
-            if s + 1 in curve_at and s + 1 < cfg.steps_per_task:
+            if s + 1 in curve_at and s + 1 < steps:
                 with experiment.averaged(learner):
                     for j in range(k + 1) if cfg.curve_all_tasks else [0]:
                         curve_point(j, s + 1, evaluate(j, cfg.curve_episodes, s + 1))
-            if (s + 1) % cfg.checkpoint_every == 0 and s + 1 < cfg.steps_per_task:
+            if (s + 1) % cfg.checkpoint_every == 0 and s + 1 < steps:
                 save()
         bar.close()
         experiment.end_task(learner)
         # task boundary, the same steps in every experiment: (1) evaluate every seen task (row k of R),
         # (2) Fisher of task k, (3) teacher and replay pool of task k; nothing is estimated after the last task
         traces = []  # Task 1's evaluation episodes (raw observations): the first path_episodes are kept
-        row = [evaluate(j, cfg.eval_episodes, cfg.steps_per_task, traces if j == 0 else None) for j in range(k + 1)]
+        row = [evaluate(j, cfg.eval_episodes, steps, traces if j == 0 else None) for j in range(k + 1)]
         if cfg.path_episodes:
             state.setdefault("paths", []).append(cw10_data.task_paths(traces, cfg.path_episodes, cfg.max_path_length))
         for j in range(k + 1) if cfg.curve_all_tasks else [0]:
-            if cfg.steps_per_task in curve_at:
-                curve_point(j, cfg.steps_per_task, row[j])
+            if steps in curve_at:
+                curve_point(j, steps, row[j])
         state["R"].append(row + [None] * (len(tasks) - k - 1))
         print(f"[task {k + 1}/{len(tasks)} {tasks[k]}] step {state['global_step']} success: "
               + " ".join(f"{tasks[j]}={row[j]:.2f}" for j in range(k + 1))
@@ -301,7 +308,8 @@ def write_summary(cfg: Config, folder, state: dict, tasks: list[str]) -> dict:
         metrics.SUCCESS_THRESHOLDS, task_curves=curves,
         extra={"sequence": sequence_name(tasks), "eval_episodes": cfg.eval_episodes,
                "curve_episodes": cfg.curve_episodes, "ddim_steps": cfg.ddim_steps,
-               "model": cfg.model, "steps_per_task": cfg.steps_per_task, "fisher": cfg.fisher})
+               "model": cfg.model, "steps_per_task": cfg.steps_per_task,
+               "first_task_steps": cfg.first_task_steps, "prediction": cfg.prediction, "fisher": cfg.fisher})
     metrics.write_run_outputs(folder.out, summary, "Task 1 success rate",
                               f"CW10 Task 1 ({tasks[0]}), {cfg.method}, seed {cfg.seed}")
     if state.get("paths"):

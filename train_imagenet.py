@@ -259,14 +259,6 @@ def steps_for_task(cfg: Config, n_images: int) -> int:
     return cfg.steps_per_task or max(1, round(cfg.epochs_per_task * (n_images // cfg.batch_size)))
 
 
-def curve_steps(cfg: Config, task_steps: int) -> set:
-    """In-task steps of the evaluation curve in a task of task_steps updates; a --curve list may name steps past the
-    end of a shorter task (e.g. Task 1's with --first-task-steps), which that task skips."""
-    if cfg.curve in ("dense", "end", "off"):
-        return set(metrics.curve_points(cfg.curve, task_steps))
-    return {p for p in metrics.curve_points(cfg.curve, 10 ** 9) if p <= task_steps}
-
-
 def batch_rows(cfg: Config, task: int, step: int, task_rows: np.ndarray) -> np.ndarray:
     """Training rows of step `step`: epoch e = step // per_epoch walks a permutation seeded by (seed, task, e)."""
     per_epoch = len(task_rows) // cfg.batch_size
@@ -321,7 +313,7 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
     start = time.perf_counter()
     while state["task"] < cfg.num_tasks:
         k = state["task"]
-        rows, curve_at = task_rows[k], curve_steps(cfg, steps[k])
+        rows, curve_at = task_rows[k], metrics.task_curve_points(cfg.curve, steps[k])
         model.train()
         bar = tqdm(range(state["step"], steps[k]), desc=f"task {k + 1}/{cfg.num_tasks}", disable=not cfg.progress,
                    initial=state["step"], total=steps[k])

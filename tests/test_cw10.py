@@ -258,6 +258,18 @@ def test_sequence_name_says_when_a_run_is_a_subsequence():
     assert cw.sequence_name(["push"]) == "subsequence of CW10: task 7"
 
 
+def test_a_longer_first_task(data_dir, tmp_path):
+    """--first-task-steps: Task 1 takes its own number of updates, with its own cosine schedule and the curve points
+    it reaches (a --curve list may name steps past the end of the shorter later tasks, which they skip).
+    Catches: later tasks given Task 1's length, or Task 1's curve cut at steps_per_task."""
+    proc = run_script(tmp_path / "run", data_dir, "--method", "finetune", "--first-task-steps", "12", "--curve",
+                      "4,8,12", "--lr-schedule", "cosine")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["transitions"] == [12]
+    assert [g for g, _ in summary["task1_curve"]] == [4, 8, 12, 16, 20]
+
+
 def test_cosine_lr_schedule_drives_the_optimizer(data_dir, tmp_path):
     """--lr-schedule cosine sets Adam's lr from experiment.lr_at at every step: the checkpoint at the end of the
     last task holds the lr of its last step (a loop that never sets it keeps --lr; one that uses the global step
