@@ -398,6 +398,17 @@ def bench(cfg: Config, device) -> None:
           + f" ({rate[workers] / rate[1]:.2f}x); 10 tasks x 2,500 demos in "
             f"{10 * (start[workers] + 2500 / rate[workers]) / 60:.0f} min")
 
+def cpu_estimate(cfg: Config, device) -> str:
+    """One line for whoever starts the paper's model on a CPU: the run's training time at this machine's step rate,
+    measured now (one step of the run's method through meta_baselines.bench, about a minute), and the CPU preset."""
+    seconds = meta_baselines.bench(model_name="unet1d_paper", batch_size=cfg.batch_size, rounds=1, device=device,
+                                   rows=(cfg.method,))[cfg.method][0]
+    steps = sum(task_steps(cfg, k) for k in range(len(task_list(cfg))))
+    hours = steps * seconds / 3600
+    return (f"note: the paper's model on this CPU takes {seconds:.1f} s per {cfg.method} step (measured now), so "
+            f"these {steps:,} steps need about {hours:,.0f} hours ({hours / 24:,.1f} days) before any evaluation; "
+            f"`--preset medium` runs all ten CW10 tasks in under an hour on one core. Continuing as asked.")
+
 # ----------------------------------------------------------------------------------------------------------------
 # entry point
 
@@ -420,6 +431,8 @@ def main(argv=None) -> None:
     out = args.out or experiment.default_out("cw10", args.preset, cfg)
     if args.grid:
         return grid(cfg, args.grid, out, device)
+    if device.type == "cpu" and cfg.model == "paper":
+        print(cpu_estimate(cfg, device), flush=True)
     with experiment.track(experiment.RunFolder(out, cfg, RUNTIME_FIELDS)) as folder:
         cw10_data.ensure_demos(cfg, task_list(cfg))
         train(cfg, folder, device)

@@ -258,6 +258,33 @@ def test_sequence_name_says_when_a_run_is_a_subsequence():
     assert cw.sequence_name(["push"]) == "subsequence of CW10: task 7"
 
 
+class DemosStarted(Exception):
+    pass
+
+
+def test_paper_config_on_a_cpu_says_how_long_before_collecting_demos(tmp_path, monkeypatch, capsys):
+    """`python train_cw10.py --method tr` on a CPU: one line with the measured step time, the hours the paper's
+    500,000 steps take at that rate and the preset that runs in under an hour, printed before any demonstration is
+    collected (the bench is replaced by a 2 s step here; the real one takes a minute). Catches: the estimate
+    printed after demo collection, steps counted per task instead of over the sequence."""
+    calls = []
+
+    def bench(**kw):
+        calls.append(kw)
+        return {kw["rows"][0]: [2.0]}
+
+    def demos(*args):
+        raise DemosStarted
+
+    monkeypatch.setattr(cw.meta_baselines, "bench", bench)
+    monkeypatch.setattr(cw10_data, "ensure_demos", demos)
+    with pytest.raises(DemosStarted):
+        cw.main(["--method", "tr", "--device", "cpu", "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path)])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert calls[0]["model_name"] == "unet1d_paper" and calls[0]["batch_size"] == 256 and calls[0]["rows"] == ("tr",)
+    assert "2.0 s per tr step" in line and "500,000 steps need about 278 hours" in line and "--preset medium" in line
+
+
 def test_a_longer_first_task(data_dir, tmp_path):
     """--first-task-steps: Task 1 takes its own number of updates, with its own cosine schedule and the curve points
     it reaches (a --curve list may name steps past the end of the shorter later tasks, which they skip).
