@@ -40,7 +40,8 @@ def main() -> None:
         task = train_cw10.task_list(cfg)[-1]
         model = train_cw10.build_model(cfg, torch.device("cpu"))
         model.load_state_dict(ck["model"])
-        sched, envs = diffusion.Schedule(cfg.train_timesteps), cw10_data.EnvPool(0, cfg.max_path_length)
+        sched = diffusion.Schedule(cfg.train_timesteps, prediction=cfg.prediction)
+        envs = cw10_data.EnvPool(0, cfg.max_path_length)
         lo, hi = cw10_data.obs_bounds(cw10_data.make_env(task, cfg.max_path_length))
         scores, secs = [], []
         for c in counts:
