@@ -25,7 +25,8 @@ def main(run: str, counts: str, out: str) -> None:
     model = train_imagenet.build_model(cfg, "cpu")
     model.load_state_dict(ck["model"])
     ext = fid.FeatureExtractor.load(None, "cpu", force_proxy=True)
-    evaluator = train_imagenet.Evaluator(cfg, ext, image_data.load_data(cfg)[1], diffusion.Schedule(), "cpu")
+    evaluator = train_imagenet.Evaluator(cfg, ext, image_data.load_data(cfg)[1],
+                                         diffusion.Schedule(prediction=cfg.prediction), "cpu")
     rows = []
     print("| DDIM steps | Task 1 FID-proxy | saturated pixels |\n|---:|---:|---:|")
     for steps in map(int, counts.split(",")):
