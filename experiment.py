@@ -131,16 +131,7 @@ def check_writable(path: str, what: str) -> None:
 # device and seeds
 
 
-def setup_torch(device: str, threads: int = 0) -> torch.device:
-    """The one device choice: auto -> cuda if available, else cpu. threads > 0 sets torch's CPU threads."""
-    if threads:
-        torch.set_num_threads(threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 storage, TF32 matmuls (reference notes §9)
-        torch.backends.cudnn.allow_tf32 = True
-    return torch.device(device)
+setup_torch = meta_baselines.setup_torch  # the one device choice; it lives there for the bench (imports go down)
 
 
 def generator(seed: int, *keys: int, device="cpu") -> torch.Generator:

@@ -325,7 +325,20 @@ class WeightAverage:
 
 
 # --------------------------------------------------------------------------------------------------
-# The fast path: the denoiser compiled (issue 11)
+# The device, and the fast path: the denoiser compiled (issue 11)
+
+
+def setup_torch(device: str, threads: int = 0) -> torch.device:
+    """The one device choice: auto -> cuda if available, else cpu. threads > 0 sets torch's CPU threads.
+    The experiment scripts call it as experiment.setup_torch, the bench here."""
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 storage, TF32 matmuls (reference notes §9)
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.device(device)
 
 
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead")
@@ -500,8 +513,7 @@ def main(argv=None):
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods or any(m not in METHODS for m in methods):
         parser.error(f"--methods must name methods of {METHODS}, got {args.methods!r}")
-    import experiment  # here, not at the top: experiment imports this module
-    experiment.setup_torch(args.device, args.threads or 0)  # the training scripts' settings (TF32 on CUDA)
+    setup_torch(args.device, args.threads or 0)  # the training scripts' settings (TF32 on CUDA)
     rows = [r for r in BENCH_ROWS if r.split()[0] in methods and not (args.no_second_order and "--second" in r)]
     # torch.compile's autograd does not support the double backward of the second-order rows: eager only
     rows += [f"{r} +compile" for r in rows if args.compile != "off" and "--second" not in r]

@@ -355,3 +355,32 @@ def test_eps_loss_equals_eq3_written_out():
         x_t = math.sqrt(ab) * x0[i:i + 1] + math.sqrt(1 - ab) * eps[i:i + 1]
         ref = ((eps[i:i + 1] - model(x_t, t[i:i + 1], cond[i:i + 1])) ** 2).sum().item() / 6
         assert abs(loss[i].item() - ref) <= 1e-12 * ref
+
+
+def test_ddim_with_eta_one_follows_eq16_step_by_step():
+    """DDIM with eta = 1 written out: sigma_t = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev)
+    (DDIM Eq. 16), x_prev = sqrt(ab_prev) clip(x0_hat) + sqrt(1 - ab_prev - sigma_t^2) eps_hat + sigma_t z, with
+    x_T and then one z per step drawn from the sampler's generator, in float64.
+    Catches: sigma_t not squared under the square root of the direction term, a sigma_t without its first factor,
+    and noise added at eta = 0's steps only (the eta = 0 tests cannot see sigma_t)."""
+    s = Schedule()
+
+    def model(x, t, cond):
+        return 0.3 * x + 0.1
+
+    model.parameters = lambda: iter([torch.zeros(1, dtype=torch.float64)])
+    out = ddim_sample(model, s, (64, 2), None, steps=5, eta=1.0, dtype=torch.float64,
+                      generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 2, generator=g, dtype=torch.float64)
+    ts = [800, 600, 400, 200, 0]
+    for i, t in enumerate(ts):
+        ab = s.alpha_bar[t].item()
+        ab_prev = s.alpha_bar[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
+        eps = model(x, None, None)
+        x0 = ((x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)).clamp(-1, 1)
+        sigma = math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
+        x = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev - sigma ** 2) * eps
+        if sigma > 0:
+            x = x + sigma * torch.randn(64, 2, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-12)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from diffusion import Schedule, batch_loss, with_noise
+import fisher
 from fisher import DiagonalFisher, Rank1Fisher, flat_params, flatten, params_list, unflatten
 
 
@@ -200,3 +201,88 @@ def test_estimate_runs_in_eval_mode():
     assert abs(F.c_star - ((G @ mu) ** 2).mean().item() / (mu @ mu).item() ** 2) / F.c_star <= 1e-10
     x, y, t, eps = batches[0]
     assert not torch.equal(model(x, t, y), model.eval()(x, t, y))           # the two modes do differ
+
+
+def test_diagonal_fisher_runs_in_eval_mode():
+    """DiagonalFisher.estimate uses the eval-mode network, as Rank1Fisher.estimate does, and restores the caller's
+    train mode: diag = mean_i g_i^2 of eval-mode per-sample gradients of a model with dropout.
+    Catches: the `_eval_mode` context left out of DiagonalFisher.estimate (dropout then acts inside the per-sample
+    gradients: a different diag, or vmap's error on random operations), and a mode that is not restored."""
+    _, loss, batches = make_problem()
+    torch.manual_seed(0)
+    model = DropoutDenoiser().double()
+    plist = params_list(model)
+    model.eval()
+    sq = torch.stack([flatten(torch.autograd.grad(loss(model, tuple(v[i:i + 1] for v in b)).sum(), plist)) ** 2
+                      for b in batches for i in range(5)])                 # (N, P), eval-mode g_i^2
+    model.train()
+    D = DiagonalFisher.estimate(model, loss, batches, chunk=4)
+    assert model.training
+    torch.testing.assert_close(D.diag, sq.mean(0), rtol=1e-10, atol=1e-16)
+
+
+def test_diagnostics_are_the_plain_formulas_on_the_first_samples():
+    """rank1_share = sum_i (u^T g_i)^2 / sum_i ||g_i||^2 and mean_cos = mean_i cos(g_i, mu) over the first
+    `diag_samples` samples (7 of 15, across a batch boundary), overall and per diffusion-step band [lo, hi),
+    from explicit per-sample gradients in float64.
+    Catches: (mu^T g_i)^2 without dividing by ||mu||^2 (a share above 1 on other models), cos without the square
+    root of ||g_i||^2, a band test lo < t <= hi (t = 0, 250, 500, 750 sit on the edges), and a limit that stops at
+    the batch's end instead of sample 7."""
+    model, loss, batches = make_problem()
+    x, y, _, eps = batches[0]
+    batches[0] = (x, y, torch.tensor([0, 250, 499, 500, 750]), eps)       # the band edges
+    F = Rank1Fisher.estimate(model, loss, batches, diag_samples=7, store_dtype=torch.float64)
+    plist = params_list(model)
+    ones = [tuple(v[i:i + 1] for v in b) for b in batches for i in range(5)][:7]
+    G = torch.stack([flatten(torch.autograd.grad(loss(model, one).sum(), plist)) for one in ones])   # (7, P)
+    ts = [int(one[2]) for one in ones]
+    mu = F.mu
+
+    def plain(rows):
+        g = G[rows]
+        return ((g @ mu) ** 2).sum().item() / (mu @ mu).item() / (g * g).sum().item(), \
+            (g @ mu / (g.norm(dim=1) * mu.norm())).mean().item()
+
+    d = F.diagnostics
+    assert d["n"] == 7
+    share, cos = plain(list(range(7)))
+    assert abs(d["rank1_share"] - share) <= 1e-10 * share and abs(d["mean_cos"] - cos) <= 1e-10
+    bands = {f"{lo}-{hi}": [i for i, t in enumerate(ts) if lo <= t < hi] for lo, hi in fisher.T_BANDS}
+    assert d["bands"].keys() == {k for k, rows in bands.items() if rows}
+    for k, band in d["bands"].items():
+        share, cos = plain(bands[k])
+        assert band["n"] == len(bands[k])
+        assert abs(band["rank1_share"] - share) <= 1e-10 * share and abs(band["mean_cos"] - cos) <= 1e-10
+
+
+def test_estimate_on_task_samples_items_once_across_the_task_with_fresh_noise_per_pass():
+    """The protocol of `estimate_on_task` on class-sorted data (items 0-24 class 0, ..., 75-99 class 3): 24 distinct
+    items chosen at random from all 100, the same items in the same order in both passes, fresh t in each pass,
+    and every item when fewer are available than asked for.
+    Catches: the first n_samples items taken (only class 0 of class-sorted data), indices drawn from
+    range(n_samples), items drawn with replacement, a new choice of items in the second pass, and the noise of
+    the first pass reused in the second."""
+    torch.manual_seed(0)
+    model = ConvDenoiser().double()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(100, 3, 6, 6, generator=g, dtype=torch.float64) * 2 - 1
+    y = torch.arange(100) // 25                                              # class-sorted, 4 classes
+    calls, seen_t = [], []
+
+    def get(idx):
+        calls.append(idx.clone())
+        return x0[idx], y[idx]
+
+    forward = model.forward
+    model.forward = lambda x, t, c: (seen_t.append(t.clone()), forward(x, t, c))[1]
+    F = fisher.estimate_on_task(model, Schedule(), get, 100, 24, 8, torch.Generator().manual_seed(3),
+                                torch.Generator().manual_seed(4))
+    assert F.n_samples == 24 and len(calls) == 9                             # 3 batches x (2 passes + diagnostics)
+    first, second = torch.cat(calls[:3]), torch.cat(calls[3:6])
+    assert torch.equal(first, second) and len(set(first.tolist())) == 24
+    assert set(y[first].tolist()) == {0, 1, 2, 3}
+    assert not torch.equal(torch.cat(seen_t[:3]), torch.cat(seen_t[3:6]))   # fresh t in pass 2
+    calls.clear()
+    fisher.estimate_on_task(model, Schedule(), get, 100, 500, 32, torch.Generator().manual_seed(3),
+                            torch.Generator().manual_seed(4), kind="diag")
+    assert sorted(torch.cat(calls).tolist()) == list(range(100))

@@ -138,7 +138,7 @@ def test_vrmcl_with_r_zero_equals_ftml():
     for step in range(4):
         batch, rep = _batch(seed=step), _batch(seed=50 + step)
         logs_f, logs_v = ftml.step(batch, rep), vr.step(batch, rep)
-        assert logs_f["loss"] == pytest.approx(logs_v["loss"], rel=1e-12)
+        assert float(logs_f["loss"]) == pytest.approx(float(logs_v["loss"]), rel=1e-12)
     torch.testing.assert_close(_params(a), _params(b), rtol=1e-12, atol=1e-12)
 
 
@@ -344,3 +344,43 @@ def test_weight_average_resumes_from_its_state_dict():
     assert resumed.n == clean.n == 6
     for a, b in zip(resumed.avg, clean.avg):
         assert torch.equal(a, b)
+
+
+def test_vrmcl_previous_iterate_sees_the_same_noise_with_r_positive():
+    """With r = 0.6 and a loss whose noise comes from the step's generator, VR-MCL's second momentum is
+    m_1 = g(w_1; xi_1, n_1) + r (m_0 - g(w_0; xi_1, n_1)) with the SAME noise draws n_1 in both meta-gradients,
+    written out on the quadratic L(w) = mean_i mean_d (w_d - x_id - n_id)^2 (support noise drawn first, then query).
+    Catches: the generator not rewound before the previous iterate's meta-gradient (fresh noise there: the
+    variance reduction is lost, and r = 0 cannot see it), the previous iterate evaluated at the current
+    parameters, the previous batch used for it, and (g_old - m_old) with the sign flipped."""
+    def noisy(model, batch, generator=None):
+        x = batch[3]
+        n = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        return (model(x, batch[2], None) - x - n).pow(2).mean(1)
+
+    d, alpha, r = 3, 0.2, 0.6
+    w0 = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    model = Vector(w0)
+    learner = mb.VRMCLLearner(model, noisy, lr=0.1, inner_lr=alpha, r=r)
+    batches = [_batch(n=6, dim=d, seed=s) for s in (20, 21)]
+    gen = torch.Generator().manual_seed(7)
+
+    def g(w, batch, state):
+        """First-order meta-gradient by hand with the noise drawn from a generator at `state`."""
+        s, q = mb.split_support_query(batch)
+        draw = torch.Generator()
+        draw.set_state(state)
+        n_s = torch.randn(s[3].shape, generator=draw, dtype=torch.float64)
+        n_q = torch.randn(q[3].shape, generator=draw, dtype=torch.float64)
+        w_adapted = w - alpha * 2 / d * (w - (s[3] + n_s).mean(0))
+        return 2 / d * (w_adapted - (q[3] + n_q).mean(0))
+
+    state0 = gen.get_state()
+    learner.step(batches[0], generator=gen)
+    m0, w1 = g(w0, batches[0], state0), model.w.detach().clone()
+    torch.testing.assert_close(learner.momentum[0], m0, rtol=1e-12, atol=1e-14)
+    state1 = gen.get_state()
+    learner.step(batches[1], generator=gen)
+    m1 = g(w1, batches[1], state1) + r * (m0 - g(w0, batches[1], state1))
+    torch.testing.assert_close(learner.momentum[0], m1, rtol=1e-12, atol=1e-14)
+    assert (g(w0, batches[1], state1) - g(w1, batches[1], state1)).abs().max() > 1e-3   # the iterates differ

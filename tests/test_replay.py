@@ -191,3 +191,27 @@ def test_pool_build_for_a_policy_with_caller_observations():
     assert torch.equal(pool.cond[1], observations(1, 5)) and pool.x0[1].abs().max() <= 1
     x0, cond = pool.sample(4, torch.Generator().manual_seed(0))
     assert x0.shape == (4, 8, 2) and torch.equal(cond[:, 0, 0].floor(), torch.tensor([0.0, 0.0, 1.0, 1.0]))
+
+
+def test_pool_draws_stored_pairs_uniformly_over_each_tasks_items():
+    """Every drawn (x0, cond) is one stored pair (x0 and cond taken at the same index), each task's block holds
+    that task's items only, and over many draws every stored item of every task comes up, each about equally often.
+    Items of different sizes per task (5 and 7) encode their own task and index: x0 = (task, i), cond = 100 task + i.
+    Catches: cond indexed with a second, independent draw (pairs broken), indices drawn below count (or below
+    n - 1: the last item never replayed), the first `count` items taken every time, and one task's indices used
+    for another task."""
+    pool = replay.ReplayPool()
+    for task, n in ((0, 5), (1, 7)):
+        i = torch.arange(n)
+        pool.add(task, torch.stack([torch.full((n,), float(task)), i.float()], 1), 100 * task + i)
+    g = torch.Generator().manual_seed(0)
+    hits = {0: torch.zeros(5, dtype=torch.long), 1: torch.zeros(7, dtype=torch.long)}
+    for _ in range(400):
+        x0, cond = pool.sample(6, g)
+        assert torch.equal(cond, 100 * x0[:, 0].long() + x0[:, 1].long())       # stored pairs
+        assert torch.equal(x0[:, 0], torch.tensor([0.0, 0, 0, 1, 1, 1]))          # task blocks, in task order
+        for task in (0, 1):
+            hits[task] += torch.bincount(x0[3 * task:3 * task + 3, 1].long(), minlength=len(hits[task]))
+    for task, h in hits.items():
+        expected = 1200 / len(h)
+        assert h.min().item() > 0.75 * expected and h.max().item() < 1.25 * expected, (task, h)

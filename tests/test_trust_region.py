@@ -10,7 +10,7 @@ import torch
 from diffusion import Schedule, batch_loss, with_noise
 from fisher import DiagonalFisher, Rank1Fisher, flat_params, flatten, params_list
 from trust_region import (ALPHA, LAM_TABLES, Rank1Penalty, TrustRegionLearner, eq16_table, gradient_terms,
-                          format_table, maml_terms, measure, objective, slope, toy_problems,
+                          format_table, grad_norm_and_clip, maml_terms, measure, objective, slope, toy_problems,
                           trust_region_value)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,6 +322,49 @@ def test_format_table_prints_every_toy_and_column(table):
     for col in ("Eq11", "Taylor", "Eq15 H(th)", "Eq16", "cos(II,C)", "lam/(a rho)", "cos(u, top eigenvector)",
                 "orders", "with delta -> -delta"):
         assert col in text
+
+
+def test_table_reports_the_top_eigenpair_of_the_empirical_fisher(toys, table):
+    """top_eig and cos(u, top eigenvector) of the Section 3.3 table, against the top eigenpair found by power
+    iteration on F (independent of eigh's ordering), and rank1_share = rho / tr F.
+    Catches: evecs[:, 0] (the smallest eigenvalue's vector) or evecs[-1] (a row, not an eigenvector) in place of
+    evecs[:, -1], evals[0] as the top eigenvalue, and a share divided by the top eigenvalue instead of the trace."""
+    for name, t in table.items():
+        F_full = toys[name]["F_full"]
+        v = torch.ones(F_full.shape[0], dtype=torch.float64)
+        for _ in range(5000):                                     # power iteration: v -> the top eigenvector
+            v = F_full @ v
+            v = v / v.norm()
+        lam1 = float(v @ F_full @ v)
+        assert rel(F_full @ v, lam1 * v) <= 1e-8, name           # converged
+        assert t["top_eig"] == pytest.approx(lam1, rel=1e-10), name
+        assert t["cos_u_v1"] == pytest.approx(abs(float(toys[name]["F"].u.double() @ v)), abs=1e-7), name
+        assert t["rank1_share"] == pytest.approx(t["rho"] / float(F_full.trace()), rel=1e-10), name
+    assert all(table[name]["cos_u_v1"] == pytest.approx(1.0, abs=1e-7) for name in RANK1)
+
+
+def test_grad_clipping_below_and_above_the_threshold():
+    """grad_norm_and_clip returns the norm before clipping and scales the gradients as
+    torch.nn.utils.clip_grad_norm_ does: untouched below max_norm (and with max_norm None), scaled to max_norm
+    (by max_norm / (norm + 1e-6)) above it.
+    Catches: a missing clamp(max=1) (small gradients scaled up to max_norm), the norm returned after clipping,
+    a norm summed over tensors instead of sqrt of the sum of squares, and only the first tensor scaled."""
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3, 4, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)]
+    norm = torch.cat([x.reshape(-1) for x in grads]).norm().item()
+    for max_norm in (None, 2 * norm, 0.5 * norm):
+        params = [torch.zeros_like(x, requires_grad=True) for x in grads]
+        ref = [torch.zeros_like(x, requires_grad=True) for x in grads]
+        for p, q, x in zip(params, ref, grads):
+            p.grad, q.grad = x.clone(), x.clone()
+        out = grad_norm_and_clip(params, max_norm)
+        assert out.item() == pytest.approx(norm, rel=1e-12)
+        if max_norm:
+            torch.nn.utils.clip_grad_norm_(ref, max_norm)
+        for p, q in zip(params, ref):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=0)
+        after = torch.cat([p.grad.reshape(-1) for p in params]).norm().item()
+        assert after == pytest.approx(min(norm, max_norm or norm), rel=1e-6)
 
 
 @pytest.mark.slow
