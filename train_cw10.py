@@ -2,7 +2,8 @@
 Appendix C.2.
 
     python train_cw10.py --method tr                        # the paper's configuration (Table 4); a GPU run
-    python train_cw10.py --method tr --preset small         # CPU, 18 min: CW10's tasks 6-10 (a subsequence)
+    python train_cw10.py --method tr --preset medium        # CPU, one core, under an hour: all ten CW10 tasks
+    python train_cw10.py --method tr --preset small         # CPU, 18 min: CW10's tasks 6-10 (epsilon; a subsequence)
     python train_cw10.py --method tr --preset smoke         # seconds; what the tests run
     python train_cw10.py --tasks hammer --curve 250,500,1000 --steps-per-task 1000   # one task, a learning curve
     python train_cw10.py --grid paper --tasks hammer        # Table 5's (S, O, A) grid, single-task runs
