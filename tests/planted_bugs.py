@@ -47,6 +47,10 @@ BUGS = [
      "DDIM direction term with sigma_t instead of sigma_t^2"),
     ("diffusion.py", "sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)",
      "sigma = eta * math.sqrt(1 - ab / ab_prev)", "DDIM Eq. 16's sigma_t without its first factor"),
+    ("diffusion.py", 'target = eps if sched.prediction == "epsilon" else x0', "target = eps",
+     "--prediction sample still regressing onto eps (the flag changes DDIM only)"),
+    ("diffusion.py", "return out, (x_t - math.sqrt(ab) * out) / math.sqrt(1 - ab)",
+     "return out, (x_t - math.sqrt(1 - ab) * out) / math.sqrt(ab)", "eps_hat from x0_hat with the roots swapped"),
     # fisher.py: the rank-1 and diagonal Fishers, the sampling protocol
     ("fisher.py", "c_star = (sum_s2 / m) / mu_norm2 ** 2", "c_star = (sum_s2 / m) / mu_norm2",
      "c* divided by ||mu||^2 instead of ||mu||^4"),
