@@ -311,8 +311,9 @@ def test_shapes_downsample_is_the_block_mean():
 
 
 def test_rerun_with_another_config_is_refused_and_a_finished_run_is_kept(tmp_path, tr_run):
-    proc = run_script(tr_run, "--method", "finetune", "--seed", "7")
+    proc = run_script(tr_run, "--method", "finetune", "--seed", "7", "--prediction", "sample")
     assert proc.returncode == 2 and "method 'tr' -> 'finetune'; seed 0 -> 7" in proc.stderr
+    assert "prediction 'epsilon' -> 'sample'" in proc.stderr  # a resumed run keeps its parameterisation
     before = (tr_run / "summary.json").read_text()
     proc = run_script(tr_run, "--method", "tr")  # the same command again: the finished run reports itself
     assert proc.returncode == 0 and (tr_run / "summary.json").read_text() == before
