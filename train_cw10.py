@@ -2,7 +2,7 @@
 Appendix C.2.
 
     python train_cw10.py --method tr                        # the paper's configuration (Table 4); a GPU run
-    python train_cw10.py --method tr --preset medium        # CPU, one core, under an hour: all ten CW10 tasks
+    python train_cw10.py --method tr --preset medium        # CPU, one core, about an hour: all ten CW10 tasks
     python train_cw10.py --method tr --preset small         # CPU, 18 min: CW10's tasks 6-10 (epsilon; a subsequence)
     python train_cw10.py --method tr --preset smoke         # seconds; what the tests run
     python train_cw10.py --tasks hammer --curve 250,500,1000 --steps-per-task 1000   # one task, a learning curve
@@ -416,7 +416,7 @@ def cpu_estimate(cfg: Config, device) -> str:
     hours = steps * seconds / 3600
     return (f"note: the paper's model on this CPU takes {seconds:.1f} s per {cfg.method} step (measured now), so "
             f"these {steps:,} steps need about {hours:,.0f} hours ({hours / 24:,.1f} days) before any evaluation; "
-            f"`--preset medium` runs all ten CW10 tasks in under an hour on one core. Continuing as asked.")
+            f"`--preset medium` runs all ten CW10 tasks in about an hour on one core. Continuing as asked.")
 
 # ----------------------------------------------------------------------------------------------------------------
 # entry point
