@@ -170,8 +170,8 @@ def validate(cfg: Config) -> None:
     experiment.validate_common(cfg, positive=(
         "batch_size", "lr", "steps_per_task", "fisher_samples", "replay_rollouts", "replay_windows", "demos_per_task",
         "max_path_length", "eval_episodes", "curve_episodes", "rollout_batch", "log_every", "checkpoint_every"),
-        non_negative=("first_task_steps", "path_episodes", "lr_warmup", "lam", "beta", "replay_ratio", "inner_lr", "vr_momentum",
-                      "grad_clip", "workers", "env_workers", "threads"), below_one=("ema",))
+        non_negative=("first_task_steps", "path_episodes", "lr_warmup", "lam", "beta", "replay_ratio", "inner_lr",
+                      "vr_momentum", "grad_clip", "workers", "env_workers", "threads"), below_one=("ema",))
     tasks = task_list(cfg)
     experiment.require(bool(tasks) and len(set(tasks)) == len(tasks),
                        f"--tasks must name distinct tasks: {cfg.tasks!r}")

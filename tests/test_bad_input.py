@@ -82,6 +82,10 @@ CW_CASES = [
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
     (["--grid", "S8_O6"], "--grid takes 'paper' or names"),
     (["--steps-per-task", "x"], "invalid int value"),
+    (["--prediction", "x0"], "invalid choice"),
+    (["--path-episodes", "3"], "--path-episodes (3) must be at most --eval-episodes (2)"),
+    (["--first-task-steps", "-5"], "--first-task-steps must be >= 0"),
+    (["--compare", "nowhere"], "--compare needs --out FILE.png"),
 ]
 
 
