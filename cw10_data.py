@@ -481,7 +481,7 @@ def plot_paths(out: str, rows: list[list[dict]], row_names: list[str], col_names
             xyz, ok = cell["xyz"].numpy(), cell["success"].numpy()
             for e in range(len(xyz)):
                 color = plt.cm.tab10(e % 10)
-                hand, obj, goal = xyz[e, :, HAND], xyz[e, :, 3:6], xyz[e, 0, 6:9]
+                hand, obj, goal = xyz[e, :, 0:3], xyz[e, :, 3:6], xyz[e, 0, 6:9]  # task_paths' columns
                 ax.plot(hand[:, 0], hand[:, 1], color=color, linewidth=0.7)
                 ax.plot(obj[:, 0], obj[:, 1], color=color, linewidth=1.4, linestyle="--")
                 ax.plot(obj[0, 0], obj[0, 1], "o", color=color, markersize=2.5)

@@ -407,6 +407,7 @@ def bench(cfg: Config, device) -> None:
           + f" ({rate[workers] / rate[1]:.2f}x); 10 tasks x 2,500 demos in "
             f"{10 * (start[workers] + 2500 / rate[workers]) / 60:.0f} min")
 
+
 def cpu_estimate(cfg: Config, device) -> str:
     """One line for whoever starts the paper's model on a CPU: the run's training time at this machine's step rate,
     measured now (one step of the run's method through meta_baselines.bench, about a minute), and the CPU preset."""
