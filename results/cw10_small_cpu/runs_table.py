@@ -1,6 +1,7 @@
 """One row per CW10 run: each task's own success right after it (the diagonal of R), how many reach 0.5, the
 average success and forgetting, Task 1 at the end, and the costs (wall time from /usr/bin/time -v in RUN.time,
-s/step and minutes of evaluation rollouts from timing.json).
+s/step and minutes of evaluation rollouts from timing.json). Then, per method (folder names METHOD-sSEED), the
+diagonal averaged over its seeds and how many of those means reach 0.5.
 
     python results/cw10_small_cpu/runs_table.py runs/cw10-small/*-s? > results/cw10_small_cpu/runs.md
 """
@@ -11,6 +12,7 @@ from pathlib import Path
 
 
 def main(run_dirs):
+    diagonals = {}
     print("| run | own success (diagonal of R) | >= 0.5 | SR | F | Task 1 at the end | wall | s/step | rollout min |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for d in map(Path, run_dirs):
@@ -19,9 +21,17 @@ def main(run_dirs):
         wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)",
                          Path(f"{d}.time").read_text()).group(1)
         diag = [s["R"][i][i] for i in range(len(s["R"]))]
+        diagonals.setdefault(d.name.rsplit("-s", 1)[0], []).append(diag)
         print(f"| {d.name} | {', '.join(f'{v:.2f}' for v in diag)} | {sum(v >= 0.5 for v in diag)}/{len(diag)} "
               f"| {s['average']:.2f} | {s['forgetting']:.2f} | {s['R'][-1][0]:.2f} | {wall} "
               f"| {timing['s_per_step']:.3f} | {timing['rollout_s'] / 60:.1f} |")
+    print("\n| method | seeds | own success averaged over seeds | means >= 0.5 |\n|---|---:|---|---|")
+    for method, rows in diagonals.items():
+        if len({len(r) for r in rows}) > 1:
+            raise SystemExit(f"error: {method} runs trained different numbers of tasks")
+        mean = [sum(col) / len(col) for col in zip(*rows)]
+        print(f"| {method} | {len(rows)} | {', '.join(f'{v:.2f}' for v in mean)} | "
+              f"{sum(v >= 0.5 for v in mean)}/{len(mean)} |")
 
 
 if __name__ == "__main__":
