@@ -250,7 +250,9 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
     while state["task"] < len(tasks):
         k = state["task"]
         steps = task_steps(cfg, k)
-        curve_at = metrics.task_curve_points(cfg.curve, steps)
+        # the task's end is always a curve point (the boundary's own evaluation, no extra rollouts): Table 2's
+        # reference is the curve's last point in the task's own task (metrics.reference), not a mid-task one
+        curve_at = metrics.task_curve_points(cfg.curve, steps) | ({steps} if cfg.curve != "off" else set())
         data = cw10_data.task_dataset(cfg, tasks[k], lo, hi, device)
         model.train()
         bar = tqdm(range(state["step"], steps), desc=f"task {k + 1} {tasks[k]}",

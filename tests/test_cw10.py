@@ -298,6 +298,18 @@ def test_a_longer_first_task(data_dir, tmp_path):
     assert [g for g, _ in summary["task1_curve"]] == [4, 8, 12, 16, 20]
 
 
+def test_the_task_end_is_always_a_curve_point(data_dir, tmp_path):
+    """A --curve list that does not name a task's last step still records the boundary evaluation on the curve, so
+    Table 2's reference (metrics.reference: the last curve point in Task 1) is Task 1's end, R[0][0].
+    Catches: the reference taken from a mid-task point (the medium preset's curve 50,250 once made every CW10
+    Table 2 cell n/a: hammer was 0.00 at step 250 and 0.90 at its end)."""
+    proc = run_script(tmp_path / "run", data_dir, "--method", "finetune", "--first-task-steps", "12", "--curve", "4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [g for g, _ in summary["task1_curve"]] == [4, 12, 16, 20]
+    assert dict(summary["task1_curve"])[12] == summary["R"][0][0]
+
+
 def test_cosine_lr_schedule_drives_the_optimizer(data_dir, tmp_path):
     """--lr-schedule cosine sets Adam's lr from experiment.lr_at at every step: the checkpoint at the end of the
     last task holds the lr of its last step (a loop that never sets it keeps --lr; one that uses the global step
