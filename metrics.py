@@ -384,10 +384,12 @@ def plot_figure2(series, transitions, path, ylabel, title, bands=None, log=False
 
 # ----------------------------------------------------------------------------- summary.json
 
-def reference(curve, j, R):
-    """Table 2's initial optimum of task j: its curve's last point during its own task j (the same evaluation
-    protocol as the curve points it is compared with: sample count, sampler noise), else R[j][j]."""
-    own = [score for _, _, k, score in curve if k == j]
+def reference(curve, j, R, transitions):
+    """Table 2's initial optimum of task j: its curve's point at the end of its own task j (the same evaluation
+    protocol as the curve points it is compared with: sample count, sampler noise), else R[j][j]. Never a
+    mid-task point: a --curve list need not name the task's last step."""
+    end = transitions[j] if j < len(transitions) else None  # global step at which task j ends
+    own = [score for g, _, k, score in curve if k == j and (g == end or end is None)]
     return own[-1] if own else R[j][j]
 
 
@@ -407,7 +409,7 @@ def build_summary(method, seed, experiment, task_names, R, higher_is_better, cur
         raise ValueError(f"R has {len(R)} rows but only {len(task_names)} task names")
     result = table1(R, higher_is_better)
     curves = {0: curve, **{int(j): c for j, c in (task_curves or {}).items()}}
-    reconv = {f"T{j + 1}": reconvergence(c, transitions, reference(c, j, R), thresholds, higher_is_better, task=j)
+    reconv = {f"T{j + 1}": reconvergence(c, transitions, reference(c, j, R, transitions), thresholds, higher_is_better, task=j)
               for j, c in sorted(curves.items()) if j < len(R) and c}
     return {
         "schema_version": 1, "method": method, "seed": int(seed), "experiment": experiment,

@@ -250,8 +250,8 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
     while state["task"] < len(tasks):
         k = state["task"]
         steps = task_steps(cfg, k)
-        # the task's end is always a curve point (the boundary's own evaluation, no extra rollouts): Table 2's
-        # reference is the curve's last point in the task's own task (metrics.reference), not a mid-task one
+        # the task's end is always a curve point (the boundary's own evaluation, no extra rollouts): Figure 2 shows
+        # it, and Table 2's reference (metrics.reference: the curve at the task's end, else R[j][j]) comes from it
         curve_at = metrics.task_curve_points(cfg.curve, steps) | ({steps} if cfg.curve != "off" else set())
         data = cw10_data.task_dataset(cfg, tasks[k], lo, hi, device)
         model.train()

@@ -301,3 +301,14 @@ def test_aggregate_names_a_cw10_subsequence_in_the_titles(tmp_path):
     s["extra"]["sequence"] = "CW10"
     metrics.atomic_write_json(os.path.join(run, "summary.json"), s)
     assert "subsequence" not in open(metrics.aggregate([run], str(tmp_path / "agg2"))[0]).read()
+
+
+def test_reference_is_the_task_end_never_a_mid_task_point():
+    """Table 2's reference of task j: the curve point at task j's end (global step transitions[j]); without one,
+    R[j][j]. Catches: the last own-task point taken whatever its step (with curve "50,250" and 750-step tasks that was
+    hammer's 0.00 at step 250, not its 0.90 at the end), or the end point of another task."""
+    R = [[0.9], [0.1, 0.8]]
+    mid_only = [(250, 250, 0, 0.0), (800, 50, 1, 0.3)]
+    assert metrics.reference(mid_only, 0, R, [750]) == 0.9
+    with_end = [(250, 250, 0, 0.0), (750, 750, 0, 0.85), (800, 50, 1, 0.3)]
+    assert metrics.reference(with_end, 0, R, [750]) == 0.85

@@ -2,12 +2,13 @@
 
     python results/cw10_medium_cpu/add_task_ends.py RUN [RUN ...]
 
-Runs made before that fix (commit 7b3d001 and earlier) with a --curve list that does not name a task's last step (the medium preset's
-"50,250") recorded no end-of-task point, so Table 2's reference (metrics.reference, the last curve point in Task 1)
-was a mid-task value: hammer 0.00 at step 250 instead of 0.90 at its end, and every cell n/a. train_cw10 now adds
-the boundary evaluation to the curve; this script does the same from the run's metrics.jsonl ("eval" records: row
-k of R at the end of task k) and rewrites the summary with train_cw10.write_summary's own code. Nothing else
-changes: R, the curve points that were measured and the Task-1 paths are read back, not recomputed.
+Runs made before that fix (commit 7b3d001 and earlier) with a --curve list that does not name a task's last step
+(the medium preset's "50,250") recorded no end-of-task point, so Table 2's reference (metrics.reference, the last
+curve point in Task 1) was a mid-task value: hammer 0.00 at step 250 instead of 0.90 at its end, and every cell n/a.
+metrics.reference now never takes a mid-task point, and train_cw10 adds the boundary evaluation to the curve; this
+script does the same from the run's metrics.jsonl ("eval" records: row k of R at the end of task k) and rewrites the
+summary with train_cw10.write_summary's own code. Nothing else changes: R, the curve points that were measured and
+the Task-1 paths are read back, not recomputed.
 """
 import dataclasses
 import json
