@@ -310,6 +310,22 @@ def test_the_task_end_is_always_a_curve_point(data_dir, tmp_path):
     assert dict(summary["task1_curve"])[12] == summary["R"][0][0]
 
 
+@pytest.mark.parametrize("method", ["finetune", "vrmcl"])
+def test_adam_restarts_at_each_task_boundary(data_dir, tmp_path, method):
+    """--reset-optimizer (the default) clears Adam's moments at the boundary: after two tasks of 8 steps the
+    checkpoint's Adam has taken 8 steps, not 16, in every parameter; --no-reset-optimizer carries them over.
+    Catches a loop that never resets, resets only some learners, or resets after the next task began."""
+    steps = {}
+    for flag in ("--reset-optimizer", "--no-reset-optimizer"):
+        out = tmp_path / flag
+        proc = run_script(out, data_dir, "--method", method, flag)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+        steps[flag] = {float(s["step"]) for s in ck["learner"]["optimizer" if method == "vrmcl" else "opt"]["state"]
+                       .values()}
+    assert steps == {"--reset-optimizer": {8.0}, "--no-reset-optimizer": {16.0}}
+
+
 def test_cosine_lr_schedule_drives_the_optimizer(data_dir, tmp_path):
     """--lr-schedule cosine sets Adam's lr from experiment.lr_at at every step: the checkpoint at the end of the
     last task holds the lr of its last step (a loop that never sets it keeps --lr; one that uses the global step

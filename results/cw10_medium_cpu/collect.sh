@@ -9,6 +9,7 @@ python $R/add_task_ends.py $runs >/dev/null  # runs made before the task end was
 python metrics.py aggregate $runs --out $R                       # Table 1, Table 2, Figure 2 (mean +- s.e.)
 python results/cw10_small_cpu/runs_table.py $runs > $R/runs.md    # each run: diagonal of R, SR, F, wall time
 python results/imagenet_small_cpu/terms.py $(echo "$runs" | grep '/tr-s') > $R/terms.md  # ||C|| / ||A||, Fisher
+python $R/collapse.py $runs > $R/collapse.md  # has a final network collapsed to a constant output?
 python train_cw10.py --compare $(echo "$runs" | grep -- '-s0$') --out $R/task1_paths.png  # Task 1 from above
 for d in $runs; do
   dest=$R/runs/$(basename "$d"); mkdir -p "$dest"
