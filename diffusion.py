@@ -101,6 +101,26 @@ def draw_noise(sched: Schedule, x0: torch.Tensor, generator: torch.Generator | N
 # loss, Eq. (3) and its x0 form
 
 
+def regression(sched: Schedule, batch, generator=None):
+    """A batch (x0, cond) or (x0, cond, t, eps) as the regression the network solves: (x_t, t, cond, target), its
+    inputs and the output it is fitted to (Eq. 3's eps, or x0 in the x0 form). t, eps are drawn when absent."""
+    if len(batch) == 2:
+        x0, cond = batch
+        t, eps = draw_noise(sched, x0, generator)
+    elif len(batch) == 4:
+        x0, cond, t, eps = batch
+    else:
+        raise ValueError(f"a batch is (x0, cond) or (x0, cond, t, eps); got a tuple of {len(batch)}")
+    x_t = q_sample(sched, x0, t, eps)                       # Eq. (2)
+    target = eps if sched.prediction == "epsilon" else x0   # Eq. (3) | x0 form
+    return x_t, t, cond, target
+
+
+def squared_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample squared error, a mean over the non-batch dimensions (see Deviations). (B,)"""
+    return (target - out).pow(2).flatten(1).mean(dim=1)
+
+
 def denoising_loss(model, sched: Schedule, x0, cond, t=None, eps=None, generator=None) -> torch.Tensor:
     """Per-sample denoising loss in the schedule's prediction type, a mean over the non-batch dimensions:
     epsilon: ||eps - eps_theta(x_t, t, cond)||^2 / dim (Eq. 3);  sample: ||x0 - f_theta(x_t, t, cond)||^2 / dim.
@@ -110,26 +130,28 @@ def denoising_loss(model, sched: Schedule, x0, cond, t=None, eps=None, generator
     """
     if (t is None) != (eps is None):
         raise ValueError("pass both t and eps, or neither")
-    if t is None:
-        t, eps = draw_noise(sched, x0, generator)
-    x_t = q_sample(sched, x0, t, eps)                       # Eq. (2)
-    target = eps if sched.prediction == "epsilon" else x0   # Eq. (3) | x0 form
-    out = model(x_t, t, cond)                               # eps_hat | x0_hat, (B, ...)
-    return (target - out).pow(2).flatten(1).mean(dim=1)     # Eq. (3) | x0 form, (B,)
+    return batch_loss(model, sched, (x0, cond) if t is None else (x0, cond, t, eps), generator)
 
 
 def batch_loss(model, sched: Schedule, batch, generator=None) -> torch.Tensor:
-    """denoising_loss on a batch tuple (x0, cond) or (x0, cond, t, eps). Returns (B,)."""
-    if len(batch) == 2:
-        return denoising_loss(model, sched, batch[0], batch[1], generator=generator)
-    if len(batch) == 4:
-        return denoising_loss(model, sched, *batch)
-    raise ValueError(f"a batch is (x0, cond) or (x0, cond, t, eps); got a tuple of {len(batch)}")
+    """The denoising loss of a batch tuple (x0, cond) or (x0, cond, t, eps). Returns (B,)."""
+    x_t, t, cond, target = regression(sched, batch, generator)
+    return squared_error(model(x_t, t, cond), target)       # Eq. (3) | x0 form, (B,)
 
 
-def loss_fn(sched: Schedule):
-    """batch_loss bound to a schedule: fn(model, batch, generator=None) -> (B,), the learners' loss interface."""
-    return lambda model, batch, generator=None: batch_loss(model, sched, batch, generator)
+class DenoisingLoss:
+    """The learners' loss, bound to a schedule: loss(model, batch, generator=None) -> (B,) (batch_loss), and
+    loss.regression(batch, generator) -> (x_t, t, cond, target), with which a learner runs the network once on the
+    current and the replay batch together (trust_region.TrustRegionLearner.step)."""
+
+    def __init__(self, sched: Schedule):
+        self.sched = sched
+
+    def __call__(self, model, batch, generator=None) -> torch.Tensor:
+        return batch_loss(model, self.sched, batch, generator)
+
+    def regression(self, batch, generator=None):
+        return regression(self.sched, batch, generator)
 
 
 def with_noise(sched: Schedule, batch, generator=None):

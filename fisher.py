@@ -386,8 +386,8 @@ def estimate_on_task(model, sched, get, n_available: int, n_samples: int, batch_
             yield diffusion.with_noise(sched, get(idx[start:start + batch_size]), noise_gen)
 
     if kind == "diag":
-        return DiagonalFisher.estimate(model, diffusion.loss_fn(sched), batches, progress=progress)
-    return Rank1Fisher.estimate(model, diffusion.loss_fn(sched), batches, progress=progress, diag_samples=diag_samples)
+        return DiagonalFisher.estimate(model, diffusion.DenoisingLoss(sched), batches, progress=progress)
+    return Rank1Fisher.estimate(model, diffusion.DenoisingLoss(sched), batches, progress=progress, diag_samples=diag_samples)
 
 # -----------------------------------------------------------------------------
 # benchmark: batched estimate against the authors' one-sample loop
@@ -403,7 +403,7 @@ def _bench(argv=None):
     import time
 
     import unet
-    from diffusion import Schedule, loss_fn, with_noise  # noqa: the bench's own names
+    from diffusion import DenoisingLoss, Schedule, with_noise  # noqa: the bench's own names
 
     p = argparse.ArgumentParser(description=_bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="unet1d_small",
@@ -428,7 +428,7 @@ def _bench(argv=None):
         make = lambda n: (torch.rand(n, 3, 32, 32, generator=g, device=dev) * 2 - 1,
                           torch.randint(0, 500, (n,), generator=g, device=dev))
     batches = [with_noise(s, make(a.batch), g) for _ in range(a.samples // a.batch)]
-    loss = loss_fn(s)
+    loss = DenoisingLoss(s)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     Rank1Fisher.estimate(model, loss, batches[:1], diag_samples=0)          # warm-up
     sync(); t0 = time.perf_counter()

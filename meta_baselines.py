@@ -254,7 +254,7 @@ def make_learner(method, model, sched, cfg):
     inner_lr, vr_momentum, second_order, grad_clip, bf16, ema. All learners share
     step(batch, replay_batch=None, generator=None, log_terms=False) -> dict of 0-d tensors."""
     _check(method)
-    loss_fn = diffusion.loss_fn(sched)
+    loss_fn = diffusion.DenoisingLoss(sched)
     kind = replay_kind(method)
     replay_loss = replay.ReplayLoss(kind, sched) if kind else None
     lr = getattr(cfg, "lr", 2e-4)  # Tables 3-4
@@ -383,7 +383,8 @@ BENCH_MODELS = {  # name -> (factory, x0 shape, cond maker (B, generator) -> con
 }
 BENCH_ROWS = ("finetune", "ewc", "replay", "tr", "ftml", "vrmcl", "ftml --second-order", "vrmcl --second-order")
 # a row with " +compile" runs the method with compile_denoiser(model, compile_mode); " +bf16" with its forward passes
-# under bf16 autocast; " +sync" reads every logged value (float(v)) after every step, the per-step host
+# under bf16 autocast; " +two-calls" runs replay/tr's network twice, on the current and on the replay batch, instead
+# of once on both (trust_region.joint_mean_losses); " +sync" reads every logged value (float(v)) after every step, the per-step host
 # synchronisation that the training loops avoid
 
 
@@ -395,6 +396,8 @@ def _bench_learner(row, base, sched, old_tasks, device, compile_mode):
                                                                     bf16="+bf16" in row))
     if "+compile" in row:
         compile_denoiser(model, compile_mode)
+    if "+two-calls" in row:
+        learner.joint = False
     if learner.replay_loss_fn is not None:
         teacher = replay.frozen_copy(model)
         if "+compile" in row:
@@ -498,6 +501,8 @@ def main(argv=None):
                                                             "every step (+sync rows: a host sync per step)")
     parser.add_argument("--bf16", action="store_true", help="also time every first-order row with its forward "
                                                             "passes under bf16 autocast (+bf16 rows)")
+    parser.add_argument("--two-calls", action="store_true", help="also time replay and tr with two network calls "
+                                                                 "per step, not one on both batches (+two-calls rows)")
     parser.add_argument("--chain", type=int, default=1, help="consecutive steps per timing (1: latency of one step; "
                                                              "more: throughput as in a training loop)")
     parser.add_argument("--profile", action="store_true", help="after timing, profile one step of every row: "
@@ -518,6 +523,7 @@ def main(argv=None):
     # torch.compile's autograd does not support the double backward of the second-order rows: eager only
     rows += [f"{r} +compile" for r in rows if args.compile != "off" and "--second" not in r]
     rows += [f"{r} +bf16" for r in rows if args.bf16 and "--second" not in r]
+    rows += [f"{r} +two-calls" for r in rows if args.two_calls and r.split()[0] in ("replay", "tr") and "+" not in r]
     rows += [f"{r} +sync" for r in rows if args.sync and "+compile" not in r and "+bf16" not in r]
     times = bench(args.model, args.batch, args.steps + 2, args.old_tasks, args.device, rows, args.compile,
                   args.chain, args.profile)
@@ -533,7 +539,7 @@ def main(argv=None):
     print(f"| method | ms / step | it/s | x {first} | x same method (eager, no sync) | warm-up s |\n"
           f"|---|---:|---:|---:|---:|---:|")
     for row in rows:
-        base = row.replace(" +compile", "").replace(" +bf16", "").replace(" +sync", "")
+        base = re.sub(r" \+(compile|bf16|two-calls|sync)", "", row)
         vs_base = f"{sec[row] / sec[base]:.2f}" if row != base else "-"
         print(f"| {row} | {1000 * sec[row]:.1f} | {1 / sec[row]:.2f} | {sec[row] / sec[first]:.2f} | {vs_base} | "
               f"{args.chain * sum(times[row][:2]):.1f} |")

@@ -58,28 +58,23 @@ def frozen_copy(model):
 # Replay losses: fn(model, batch, generator=None) -> (B,)
 
 
-def _noised(sched, batch, generator):
-    """(x0, cond, t, eps, x_t) for a batch (x0, cond) or (x0, cond, t, eps); noise drawn when absent."""
-    if len(batch) == 4:
-        x0, cond, t, eps = batch
-    else:
-        x0, cond = batch
-        t, eps = diffusion.draw_noise(sched, x0, generator)
-    x_t = diffusion.q_sample(sched, x0, t, eps)  # Eq. 2
-    return x0, cond, t, eps, x_t
+def distillation_target(teacher, sched, batch, generator=None):
+    """Generative distillation as a regression: (x_t, t, cond, the teacher's output on them). The teacher sees the
+    noised replay sample x_t of diffusion.regression (the same t and eps draw the student will see), under no_grad."""
+    x_t, t, cond, _ = diffusion.regression(sched, batch, generator)  # Eq. (2); the data target is not used
+    with torch.no_grad():
+        target = teacher(x_t, t, cond)  # (B, ...), in the run's prediction form
+    return x_t, t, cond, target
 
 
 def distillation_loss(student, teacher, sched, batch, generator=None):
-    """Generative distillation (Masip et al. 2025): per-sample MSE between student and teacher eps. (B,)
+    """Generative distillation (Masip et al. 2025): per-sample MSE between student and teacher outputs. (B,)
 
     Both networks see the same noised replay sample x_t, the same t and the same eps draw. The teacher
     runs under no_grad, so the gradient flows through the student only.
     """
-    _, cond, t, _, x_t = _noised(sched, batch, generator)
-    with torch.no_grad():
-        eps_teacher = teacher(x_t, t, cond)  # (B, ...)
-    eps_student = student(x_t, t, cond)  # (B, ...)
-    return (eps_student - eps_teacher).pow(2).flatten(1).mean(1)  # (B,)
+    x_t, t, cond, target = distillation_target(teacher, sched, batch, generator)
+    return diffusion.squared_error(student(x_t, t, cond), target)  # (B,)
 
 
 def generative_replay_loss(model, sched, batch, generator=None):
@@ -92,7 +87,7 @@ REPLAY_KINDS = ("distill", "generative")
 
 class ReplayLoss:
     """The replay_loss_fn of a learner (meta_baselines.make_learner builds it): `loss(model, batch, generator=None)
-    -> (B,)`. Kind "distill" needs the teacher at step time: the training script sets it at each task boundary
+    -> (B,)`, and `loss.regression(batch, generator)` -> (x_t, t, cond, target) as diffusion.DenoisingLoss's. Kind "distill" needs the teacher at step time: the training script sets it at each task boundary
     with `set_teacher` (and checkpoints `teacher`); kind "generative" ignores it."""
 
     def __init__(self, kind, sched, teacher=None):
@@ -109,6 +104,14 @@ class ReplayLoss:
         if self.teacher is None:
             raise ValueError("distillation replay loss called before a teacher was set")
         return distillation_loss(model, self.teacher, self.sched, batch, generator)
+
+    def regression(self, batch, generator=None):
+        """(x_t, t, cond, target) of a replay batch: the data target (generative) or the teacher's output (distill)."""
+        if self.kind == "generative":
+            return diffusion.regression(self.sched, batch, generator)
+        if self.teacher is None:
+            raise ValueError("distillation replay loss called before a teacher was set")
+        return distillation_target(self.teacher, self.sched, batch, generator)
 
 
 # --------------------------------------------------------------------------------------------------

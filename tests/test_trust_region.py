@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion import Schedule, batch_loss, with_noise
+from diffusion import DenoisingLoss, Schedule, batch_loss, with_noise
+from replay import ReplayLoss, frozen_copy
 from fisher import DiagonalFisher, Rank1Fisher, flat_params, flatten, params_list
 from trust_region import (ALPHA, LAM_TABLES, Rank1Penalty, TrustRegionLearner, eq16_table, gradient_terms,
                           format_table, grad_norm_and_clip, maml_terms, measure, objective, slope, toy_problems,
@@ -62,19 +63,30 @@ def test_eq9_terms_sum_to_autograd_of_eq8():
     assert all(terms[k].norm() > 0 for k in "ABC")
 
 
-def test_training_step_gradient_equals_A_plus_B_plus_C():
-    """The fast step (one backward + analytic per-tensor (C)) adds exactly Eq. (9)'s A + B + C.
-    Catches: a dropped lam or c*, (C) added to the wrong parameter block, a stale anchor."""
+@pytest.mark.parametrize("losses", ["functions", "joint", "joint distill"])
+def test_training_step_gradient_equals_A_plus_B_plus_C(losses):
+    """The fast step (one backward + analytic per-tensor (C)) adds exactly Eq. (9)'s A + B + C, with plain loss
+    functions (two network calls) and with DenoisingLoss / ReplayLoss (one call on both batches, joint_mean_losses).
+    A and B come from gradient_terms' separate calls. Catches: a dropped lam or c*, (C) added to the wrong parameter
+    block, a stale anchor; in the joint call, the batches split at the wrong row, the replay half given the current
+    targets, or the noise drawn in another order."""
     model, loss, cur, rep, fishers = setup()
     beta, lam = 0.7, 3.0
-    terms = gradient_terms(model, cur, rep, loss, loss, beta, lam, fishers)
+    rep_loss = loss
+    if losses != "functions":
+        loss = DenoisingLoss(Schedule())
+        rep_loss = loss if losses == "joint" else ReplayLoss("distill", Schedule(), frozen_copy(Denoiser().double()))
+    cur, rep = cur[:2], (rep[0][:4], rep[1][:4])  # noise drawn in the step, from the same generator state in both;
+    #   4 replay rows against 6 current ones, so a split at the wrong row shows
+    terms = gradient_terms(model, cur, rep, loss, rep_loss, beta, lam, fishers, torch.Generator().manual_seed(5))
     for log_terms in (False, True):
         m = copy.deepcopy(model)
-        learner = TrustRegionLearner(m, loss, loss, beta=beta, lam=lam, lr=0.0)
+        learner = TrustRegionLearner(m, loss, rep_loss, beta=beta, lam=lam, lr=0.0)
+        assert learner.joint == (losses != "functions")
         for F in fishers:
             learner.add_fisher(copy.deepcopy(F))
         assert rel(flatten(learner.term_C()), terms["C"]) <= 1e-10
-        logs = learner.step(cur, rep, log_terms=log_terms)
+        logs = learner.step(cur, rep, torch.Generator().manual_seed(5), log_terms=log_terms)
         assert all(torch.is_tensor(v) and v.dim() == 0 for v in logs.values())   # no host sync in step
         g = flatten([p.grad for p in params_list(m)])
         assert rel(g, terms["A"] + terms["B"] + terms["C"]) <= 1e-10
