@@ -60,7 +60,8 @@ def joint_mean_losses(model, loss_fn, replay_loss_fn, batch, replay_batch, gener
     """(L_t, L_Replay), the two mean losses of Eq. (8), from ONE network call on the current and the replay batch
     together, for losses that expose `regression` (diffusion.DenoisingLoss, replay.ReplayLoss). The networks are
     per-sample (GroupNorm, no batch statistics), so this equals two calls up to float round-off; the noise is drawn
-    in the same order (current, then replay). On one CPU core a batch of 256 costs less than two of 128."""
+    in the same order (current, then replay). On one CPU core a batch of 256 costs less than two of 128: replay and tr
+    steps are 1.15-1.19x faster at batch 128 (results/cpu_speed, meta_baselines.py --bench --two-calls)."""
     cur = loss_fn.regression(batch, generator)                           # (x_t, t, cond, target) of D_t
     rep = replay_loss_fn.regression(replay_batch, generator)             # ... of the replay batch
     x_t, t, cond, target = (None if a is None else torch.cat([a, b]) for a, b in zip(cur, rep))
