@@ -385,9 +385,10 @@ def estimate_on_task(model, sched, get, n_available: int, n_samples: int, batch_
         for start in range(0, len(idx), batch_size):
             yield diffusion.with_noise(sched, get(idx[start:start + batch_size]), noise_gen)
 
+    loss = diffusion.DenoisingLoss(sched)
     if kind == "diag":
-        return DiagonalFisher.estimate(model, diffusion.DenoisingLoss(sched), batches, progress=progress)
-    return Rank1Fisher.estimate(model, diffusion.DenoisingLoss(sched), batches, progress=progress, diag_samples=diag_samples)
+        return DiagonalFisher.estimate(model, loss, batches, progress=progress)
+    return Rank1Fisher.estimate(model, loss, batches, progress=progress, diag_samples=diag_samples)
 
 # -----------------------------------------------------------------------------
 # benchmark: batched estimate against the authors' one-sample loop

@@ -384,8 +384,8 @@ BENCH_MODELS = {  # name -> (factory, x0 shape, cond maker (B, generator) -> con
 BENCH_ROWS = ("finetune", "ewc", "replay", "tr", "ftml", "vrmcl", "ftml --second-order", "vrmcl --second-order")
 # a row with " +compile" runs the method with compile_denoiser(model, compile_mode); " +bf16" with its forward passes
 # under bf16 autocast; " +two-calls" runs replay/tr's network twice, on the current and on the replay batch, instead
-# of once on both (trust_region.joint_mean_losses); " +sync" reads every logged value (float(v)) after every step, the per-step host
-# synchronisation that the training loops avoid
+# of once on both (trust_region.joint_mean_losses); " +sync" reads every logged value (float(v)) after every step,
+# the per-step host synchronisation that the training loops avoid
 
 
 def _bench_learner(row, base, sched, old_tasks, device, compile_mode):

@@ -409,7 +409,8 @@ def build_summary(method, seed, experiment, task_names, R, higher_is_better, cur
         raise ValueError(f"R has {len(R)} rows but only {len(task_names)} task names")
     result = table1(R, higher_is_better)
     curves = {0: curve, **{int(j): c for j, c in (task_curves or {}).items()}}
-    reconv = {f"T{j + 1}": reconvergence(c, transitions, reference(c, j, R, transitions), thresholds, higher_is_better, task=j)
+    reconv = {f"T{j + 1}": reconvergence(c, transitions, reference(c, j, R, transitions), thresholds,
+                                         higher_is_better, task=j)
               for j, c in sorted(curves.items()) if j < len(R) and c}
     return {
         "schema_version": 1, "method": method, "seed": int(seed), "experiment": experiment,

@@ -87,8 +87,9 @@ REPLAY_KINDS = ("distill", "generative")
 
 class ReplayLoss:
     """The replay_loss_fn of a learner (meta_baselines.make_learner builds it): `loss(model, batch, generator=None)
-    -> (B,)`, and `loss.regression(batch, generator)` -> (x_t, t, cond, target) as diffusion.DenoisingLoss's. Kind "distill" needs the teacher at step time: the training script sets it at each task boundary
-    with `set_teacher` (and checkpoints `teacher`); kind "generative" ignores it."""
+    -> (B,)`, and `loss.regression(batch, generator)` -> (x_t, t, cond, target) as diffusion.DenoisingLoss's. Kind
+    "distill" needs the teacher at step time: the training script sets it at each task boundary with `set_teacher`
+    (and checkpoints `teacher`); kind "generative" ignores it."""
 
     def __init__(self, kind, sched, teacher=None):
         if kind not in REPLAY_KINDS:
@@ -99,11 +100,8 @@ class ReplayLoss:
         self.teacher = teacher
 
     def __call__(self, model, batch, generator=None):
-        if self.kind == "generative":
-            return generative_replay_loss(model, self.sched, batch, generator)
-        if self.teacher is None:
-            raise ValueError("distillation replay loss called before a teacher was set")
-        return distillation_loss(model, self.teacher, self.sched, batch, generator)
+        x_t, t, cond, target = self.regression(batch, generator)  # generative_replay_loss | distillation_loss
+        return diffusion.squared_error(model(x_t, t, cond), target)  # (B,)
 
     def regression(self, batch, generator=None):
         """(x_t, t, cond, target) of a replay batch: the data target (generative) or the teacher's output (distill)."""

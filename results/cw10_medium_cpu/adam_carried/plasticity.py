@@ -13,11 +13,13 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import cw10_data  # noqa: E402
 import diffusion  # noqa: E402
 import experiment  # noqa: E402
 import meta_baselines  # noqa: E402
 import train_cw10  # noqa: E402
+from collapse import held_out_windows, measure  # noqa: E402
 
 torch.set_num_threads(1)
 ft_run, rp_run, task = sys.argv[1], sys.argv[2], (sys.argv[3] if len(sys.argv) > 3 else "window-close")
@@ -25,17 +27,14 @@ cfg = dataclasses.replace(train_cw10.Config(**train_cw10.PRESETS["medium"]), met
 lo, hi = cw10_data.obs_bounds(cw10_data.make_env(train_cw10.task_list(cfg)[0], cfg.max_path_length))
 data = cw10_data.task_dataset(cfg, task, lo, hi, "cpu")
 sched = diffusion.Schedule(cfg.train_timesteps, prediction=cfg.prediction)
-g = torch.Generator().manual_seed(123)
-held = diffusion.with_noise(sched, data.sample(512, g), g)  # fixed held-out windows, t and noise
-x0 = held[0]
-print(f"{task}: loss of the mean action {float(((x0 - x0.mean(0)) ** 2).mean()):.4f}")
+held = held_out_windows(sched, data)  # fixed held-out windows, t and noise
+print(f"{task}: loss of the mean action {measure(train_cw10.build_model(cfg, 'cpu'), sched, held)[1]:.4f}")
 
 
 def held_out(model):
-    """(loss on the held-out windows, std of the output across them averaged over its entries)."""
-    with torch.no_grad():
-        out = model(diffusion.q_sample(sched, x0, held[2], held[3]), held[2], held[1])
-        return float(diffusion.batch_loss(model, sched, held).mean()), float(out.std(0).mean())
+    """(loss on the held-out windows, std of the output across them): collapse.measure."""
+    loss, _, std = measure(model, sched, held)
+    return loss, std
 
 
 def build(run):
