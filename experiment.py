@@ -326,6 +326,16 @@ def reset_optimizer(learner) -> None:
     learner.opt.state.clear()  # Adam re-creates step, exp_avg, exp_avg_sq at zero on its next step
 
 
+def transition(learner, cfg, state: dict) -> None:
+    """The boundary's last step, after Fisher and replay pool: the next task begins at this global step (Table 2,
+    Figure 2), with fresh Adam moments if cfg.reset_optimizer. Its default differs by experiment, each measured:
+    CW10 resets (carried moments collapsed finetune's network); the image and toy experiments carry them, as their
+    committed results were made, and neither collapses (results/toy/README.md, results/imagenet_small_cpu/README.md)."""
+    state["transitions"].append(state["global_step"])
+    if cfg.reset_optimizer:
+        reset_optimizer(learner)
+
+
 def checkpoint(cfg, state: dict, model, learner, pool, teacher) -> dict:
     """Everything a resumed run needs: config, loop state (task, step, R, curves, ...), weights, learner (optimizer,
     Fishers), replay pool and teacher (None before the first boundary or for methods without replay)."""

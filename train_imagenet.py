@@ -92,6 +92,8 @@ class Config:
     steps_per_task: int = 0  # > 0 overrides epochs_per_task (gradient updates per task)
     first_task_steps: int = 0  # > 0: Task 1's gradient updates (the one task learned from random weights; not paper)
     grad_clip: float = 0.0  # clip the update's gradient norm, 0 = off (paper: not stated)
+    reset_optimizer: bool = False  # clear Adam's moments at each boundary (experiment.transition; paper: not
+    #   stated); carried here: finetune's own-task FID-proxy (9-19) is replay's (results/imagenet_small_cpu)
     ema: float = 0.0  # decay of a weight average that is evaluated and kept at each task's end (ours; 0 = off)
     bf16: bool = False  # forward passes under bf16 autocast (issue 11; ours: the paper states no precision)
     fisher: str = "rank1"  # rank1 (Wang et al. 2026, the paper) | diag (classic EWC, for comparison)
@@ -377,7 +379,7 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
                 else:
                     pool.build(teacher, sched, k, labels, cfg.replay_per_task, shape, **kw)
                 log({"kind": "replay", "global_step": state["global_step"], "task": k, "pool_size": len(pool)})
-            state["transitions"].append(state["global_step"])
+            experiment.transition(learner, cfg, state)  # Adam's moments carried (cfg.reset_optimizer)
         state["task"], state["step"], folder.task, folder.step = k + 1, 0, k + 1, 0
         save()
         if state["task"] < cfg.num_tasks:

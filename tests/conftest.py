@@ -51,3 +51,10 @@ def record_schedules(monkeypatch) -> list:
 
     monkeypatch.setattr(diffusion, "Schedule", Recording)
     return made
+
+
+def adam_steps(checkpoint_path, method: str) -> set:
+    """The step counts in a checkpoint's Adam state, one per parameter (VR-MCL keeps its optimizer as "optimizer")."""
+    import torch
+    ck = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    return {float(s["step"]) for s in ck["learner"]["optimizer" if method == "vrmcl" else "opt"]["state"].values()}

@@ -13,7 +13,7 @@ import torch
 
 import cw10_data
 import train_cw10 as cw
-from conftest import default_sigint, holds_weight_average, record_schedules, stop_at
+from conftest import adam_steps, default_sigint, holds_weight_average, record_schedules, stop_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--preset", "smoke", "--threads", "1"]
@@ -320,9 +320,7 @@ def test_adam_restarts_at_each_task_boundary(data_dir, tmp_path, method):
         out = tmp_path / flag
         proc = run_script(out, data_dir, "--method", method, flag)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
-        steps[flag] = {float(s["step"]) for s in ck["learner"]["optimizer" if method == "vrmcl" else "opt"]["state"]
-                       .values()}
+        steps[flag] = adam_steps(out / "checkpoint.pt", method)
     assert steps == {"--reset-optimizer": {8.0}, "--no-reset-optimizer": {16.0}}
 
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 import experiment  # noqa: E402
 import image_data
 import train_imagenet as ti  # noqa: E402
-from conftest import default_sigint, holds_weight_average, record_schedules, stop_at  # noqa: E402
+from conftest import adam_steps, default_sigint, holds_weight_average, record_schedules, stop_at  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------------
 # ImageNet-32 npz files in the official format, small
@@ -235,6 +235,16 @@ def _check_run(out, method):
         assert (out / name).is_file(), name
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["config"]["method"] == method and ckpt["state"]["task"] == 2
+
+
+def test_adam_state_is_carried_unless_reset(tmp_path):
+    """The image experiment carries Adam's moments across the boundary (its default, as its results were made);
+    with --reset-optimizer the last task's Adam has taken that task's 4 steps, not 8. Catches a flag that is parsed
+    but never reaches experiment.transition."""
+    for flag, steps in (("--no-reset-optimizer", 8.0), ("--reset-optimizer", 4.0)):
+        proc = run_script(tmp_path / flag, "--method", "finetune", flag)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert adam_steps(tmp_path / flag / "checkpoint.pt", "finetune") == {steps}
 
 
 def test_smoke_tr(tr_run):

@@ -15,7 +15,7 @@ import torch
 import experiment
 import metrics
 import train_toy
-from conftest import record_schedules
+from conftest import adam_steps, record_schedules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -179,6 +179,16 @@ def test_every_method_runs_predicting_x0(tmp_path, monkeypatch):
     for m in train_toy.LONGEST_FIRST:
         assert json.loads((tmp_path / "s" / f"{m}-s0" / "config.json").read_text())["prediction"] == "sample"
         assert json.loads((tmp_path / "s" / f"{m}-s0" / "summary.json").read_text())["n_tasks_trained"] == 2
+
+
+def test_adam_state_is_carried_unless_reset(tmp_path):
+    """The toy carries Adam's moments across the boundary (its default, as its results were made); with
+    --reset-optimizer the last task's Adam has taken that task's 12 steps, not 24. Catches a flag that is parsed
+    but never reaches experiment.transition."""
+    for flag, steps in (("--no-reset-optimizer", 24.0), ("--reset-optimizer", 12.0)):
+        result = toy("--preset", "smoke", "--method", "finetune", flag, "--out", str(tmp_path / flag))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert adam_steps(tmp_path / flag / "finetune-s0" / "checkpoint.pt", "finetune") == {steps}
 
 
 def test_curve_at_each_task_end_equals_R_first_column(smoke):
