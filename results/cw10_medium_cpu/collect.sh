@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 R=results/cw10_medium_cpu
-runs=$(for d in runs/cw10-medium/*-s?; do [ -f "$d/timing.json" ] && echo "$d"; done)  # finished runs only
+runs=$(for d in runs/cw10-medium/*-s?; do if [ -f "$d/timing.json" ]; then echo "$d"; fi; done)  # finished only
 python $R/add_task_ends.py $runs >/dev/null  # runs made before the task end was always a curve point
 python metrics.py aggregate $runs --out $R                       # Table 1, Table 2, Figure 2 (mean +- s.e.)
 python results/cw10_small_cpu/runs_table.py $runs > $R/runs.md    # each run: diagonal of R, SR, F, wall time
