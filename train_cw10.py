@@ -431,7 +431,7 @@ def cpu_estimate(cfg: Config, device) -> str:
     hours = steps * seconds / 3600
     return (f"note: the paper's model on this CPU takes {seconds:.1f} s per {cfg.method} step (measured now), so "
             f"these {steps:,} steps need about {hours:,.0f} hours ({hours / 24:,.1f} days) before any evaluation; "
-            f"`--preset medium` runs all ten CW10 tasks in about 1.5 hours on one core. Continuing as asked.")
+            f"`--preset medium` runs all ten CW10 tasks in about 1 h 20 min on one core (tr). Continuing as asked.")
 
 # ----------------------------------------------------------------------------------------------------------------
 # entry point
