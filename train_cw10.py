@@ -312,7 +312,7 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
                 keep = torch.linspace(0, cond.shape[1] - 1, min(cfg.replay_windows, cond.shape[1])).round().long()
                 pool.add(k, x0[:, keep].flatten(0, 1), cond[:, keep].flatten(0, 1))  # evenly spaced windows
                 log({"kind": "replay", "global_step": state["global_step"], "task": k, "pool_size": len(pool)})
-            experiment.transition(learner, cfg, state)  # with fresh Adam moments (cfg.reset_optimizer)
+            experiment.transition(learner, cfg, state)  # clears Adam's moments with --reset-optimizer (default)
         state["task"], state["step"], folder.task, folder.step = k + 1, 0, k + 1, 0
         save()
         if state["task"] < len(tasks):

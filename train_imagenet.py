@@ -379,7 +379,7 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
                 else:
                     pool.build(teacher, sched, k, labels, cfg.replay_per_task, shape, **kw)
                 log({"kind": "replay", "global_step": state["global_step"], "task": k, "pool_size": len(pool)})
-            experiment.transition(learner, cfg, state)  # Adam's moments carried (cfg.reset_optimizer)
+            experiment.transition(learner, cfg, state)  # clears Adam's moments only with --reset-optimizer
         state["task"], state["step"], folder.task, folder.step = k + 1, 0, k + 1, 0
         save()
         if state["task"] < cfg.num_tasks:

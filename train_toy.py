@@ -82,7 +82,7 @@ class Config:
     steps_per_task: int = 150  # gradient updates per task; Table 3: 100 epochs
     grad_clip: float = 0.0  # clip the update's gradient norm, 0 = off
     reset_optimizer: bool = False  # clear Adam's moments at each boundary (experiment.transition); carried here:
-    #   with the reset no method's Table 1 rank changes (results/toy/README.md), and the committed results carry them
+    #   with the reset the order of the methods is the same (results/toy/README.md); the committed results carry them
     fisher: str = "rank1"  # rank1 (Wang et al. 2026, the paper) | diag (classic EWC, for comparison)
     fisher_samples: int = 10_000  # Table 3: Fisher samples per task (capped at the task's training points)
     fisher_batch: int = 500  # batch of the Fisher passes (memory only, same estimate)
@@ -355,7 +355,7 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple[PointSet, Point
                     pool.build(teacher, sched, k, replay.label_source(cfg.classes_per_task), cfg.replay_per_task,
                                (2,), **kwargs)
                 log({"kind": "replay", "global_step": state["global_step"], "task": k, "pool_size": len(pool)})
-            experiment.transition(learner, cfg, state)  # Adam's moments carried (cfg.reset_optimizer)
+            experiment.transition(learner, cfg, state)  # clears Adam's moments only with --reset-optimizer
         else:  # the picture of every task's samples after the last task
             np.savez(folder.path("samples.npz"), x=torch.cat([x for x, _ in samples]).numpy(),
                      y=torch.cat([y for _, y in samples]).numpy())
