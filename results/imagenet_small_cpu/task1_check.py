@@ -1,7 +1,8 @@
-"""Issue 14's convergence test, run by run: Task 1's FID-proxy curve at 3/4 of Task 1 and at its end, and the
-change between them (converged: |change| < 10 %), with the range over the last quarter's points.
+"""Has Task 1 converged? Run by run: Task 1's FID-proxy curve at 3/4 of Task 1 and at its end, and the change
+between them (the test asked of the preset: converged if |change| < 10 %), with the last quarter's points.
+Reads summary.json only.
 
-    python results/imagenet_small_cpu/task1_check.py runs/imagenet-small/*-s? \
+    python results/imagenet_small_cpu/task1_check.py results/imagenet_small_cpu/runs/*-s? \
         > results/imagenet_small_cpu/task1_check.md
 """
 import json
@@ -10,6 +11,9 @@ from pathlib import Path
 
 
 def main(run_dirs):
+    if not run_dirs:
+        print("error: give run folders (RUN/summary.json)", file=sys.stderr)
+        raise SystemExit(2)
     print("| run | Task 1 steps | FID-proxy at 3/4 | at end | change | last-quarter points | converged (< 10 %) |")
     print("|---|---:|---:|---:|---:|---|---|")
     for d in run_dirs:

@@ -1,6 +1,7 @@
 """Eq. (9) term norms and the task-boundary Fisher diagnostics of runs (either experiment), as markdown tables.
 
-    python results/imagenet_small_cpu/terms.py RUN...
+    python results/terms.py results/cw10_medium_cpu/runs/tr-s? > results/cw10_medium_cpu/terms.md
+    python results/terms.py results/imagenet_small_cpu/runs/tr-s? > results/imagenet_small_cpu/terms.md
 
 Per run and task (from metrics.jsonl): the median over the task's "train" records of ||A|| (current task),
 ||B|| (replay), ||C|| (trust-region term), ||C|| / ||A|| and the Eq. (6) value; then per finished task the Fisher
@@ -28,6 +29,9 @@ def fmt(v, spec=".3g"):
 
 
 def main(runs):
+    if not runs:
+        print("error: give run folders (RUN/metrics.jsonl, RUN/config.json, RUN/summary.json)", file=sys.stderr)
+        raise SystemExit(2)
     for run in runs:
         records, cfg = load(run), json.load(open(os.path.join(run, "config.json")))
         with open(os.path.join(run, "summary.json")) as f:
