@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 import diffusion
-import experiment
+import runfiles
 
 # Continual World's CW10 order (awarelab/continual_world tasks.py; reference notes §4), as Meta-World v3 names.
 CW10 = ("hammer", "push-wall", "faucet-close", "push-back", "stick-pull", "handle-press-side", "push",
@@ -178,7 +178,7 @@ def collect_demos(cfg, task: str) -> dict:
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     try:
         while len(kept) < n:
-            experiment.require(attempted <= 4 * n + 100, f"{task}: the expert succeeded on only {len(kept)} of "
+            runfiles.require(attempted <= 4 * n + 100, f"{task}: the expert succeeded on only {len(kept)} of "
                                                           f"{attempted} episodes")
             budget = n - len(kept) if cfg.demo_keep == "all" else int((n - len(kept)) * 1.15) + workers
             jobs = [(task, episode_seeds(EPISODES_DEMO, cfg.demo_seed, task, a, min(chunk, attempted + budget - a)), T)
@@ -208,9 +208,9 @@ def load_demos(cfg, task: str) -> dict:
         raise ValueError(f"corrupt demo cache {path} ({type(e).__name__}); delete it to collect again") from None
     n, T = cfg.demos_per_task, cfg.max_path_length
     for key, shape in {"obs": (n, T, OBS_DIM), "actions": (n, T, ACT_DIM), "success": (n,), "seeds": (n,)}.items():
-        experiment.require(key in d and d[key].shape == shape,
+        runfiles.require(key in d and d[key].shape == shape,
                            f"corrupt demo cache {path} ({key} missing or not of shape {shape}); delete it")
-    experiment.require(str(d.get("task")) == task and np.isfinite(d["obs"]).all() and np.abs(d["actions"]).max() <= 1,
+    runfiles.require(str(d.get("task")) == task and np.isfinite(d["obs"]).all() and np.abs(d["actions"]).max() <= 1,
                        f"corrupt demo cache {path} (wrong task or values); delete it to collect again")
     return d
 
@@ -224,9 +224,7 @@ def ensure_demos(cfg, tasks: list[str]) -> None:
             continue
         start, d = time.perf_counter(), collect_demos(cfg, task)
         os.makedirs(cfg.data_dir, exist_ok=True)
-        with open(path + ".tmp", "wb") as f:
-            np.savez_compressed(f, **d)
-        os.replace(path + ".tmp", path)
+        runfiles.atomic_write(path, "wb", lambda f: np.savez_compressed(f, **d))
         print(f"demos {task}: kept {len(d['seeds'])} of {int(d['attempted'])} episodes "
               f"(expert success {d['success'].mean():.2f}) in {time.perf_counter() - start:.1f}s -> {path}")
 
@@ -245,7 +243,7 @@ class WindowDataset:
         N, T, _ = obs.shape  # obs (N, T, 39) normalised, actions (N, T, 4) in [-1, 1]
         self.S, self.O = S, O
         self.per_episode = T - S + A + O - 1  # starts -(O-1) .. T-S+A-1
-        experiment.require(self.per_episode >= 1, f"episodes of {T} steps are too short for S={S}, O={O}, A={A}")
+        runfiles.require(self.per_episode >= 1, f"episodes of {T} steps are too short for S={S}, O={O}, A={A}")
         time_idx = torch.arange(-(O - 1), T - S + A - 1 + S, device=obs.device).clamp(0, T - 1)  # padded time
         self.obs, self.actions = obs[:, time_idx], actions[:, time_idx]  # (N, T + O + A - 2, D)
 
@@ -404,7 +402,7 @@ def rollout(model, sched, envs: EnvPool, task: str, seeds, cfg, lo, hi, generato
             plans.append(x0.cpu())
         chunk = x0[:, O - 1: O - 1 + A].cpu().numpy().astype(np.float64)  # (n, A, 4): executed a_t..a_{t+A-1}
         if not np.isfinite(chunk).all():
-            raise experiment.Diverged("the policy returned non-finite actions")
+            raise runfiles.Diverged("the policy returned non-finite actions")
         obs_seq, success = envs.step(chunk[:, : T - t0], stop_on_success=not record)  # (J, n, 39), J = min(A, T-t0)
         for obs in obs_seq:
             history = np.concatenate([history[:, 1:], obs[:, None]], axis=1)  # (n, O, 39)
@@ -494,19 +492,17 @@ def plot_paths(out: str, rows: list[list[dict]], row_names: list[str], col_names
             ax.set_title(f"{col_names[c]}: {int(ok.sum())}/{len(ok)}", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out + ".tmp", format="png", dpi=110)
+    runfiles.atomic_write(out, "wb", lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
-    os.replace(out + ".tmp", out)
 
 
 def write_paths(out_dir: str, paths: list[dict], tasks: list[str], name: str) -> None:
     """task1_paths.npz (xyz (K, E, T+1, 9), success (K, E): Task 1's episodes after tasks 1..K) and task1_paths.png
     (one row, a column per task end) in a run folder, both atomic."""
     path = os.path.join(out_dir, "task1_paths.npz")
-    with open(path + ".tmp", "wb") as f:
-        np.savez_compressed(f, xyz=np.stack([p["xyz"].numpy() for p in paths]),
-                            success=np.stack([p["success"].numpy() for p in paths]), tasks=np.array(tasks))
-    os.replace(path + ".tmp", path)
+    runfiles.atomic_write(path, "wb", lambda f: np.savez_compressed(
+        f, xyz=np.stack([p["xyz"].numpy() for p in paths]), success=np.stack([p["success"].numpy() for p in paths]),
+        tasks=np.array(tasks)))
     plot_paths(os.path.join(out_dir, "task1_paths.png"), [paths], [name],
                [f"after T{k + 1}" for k in range(len(paths))], f"Task 1 ({tasks[0]}) from above, {name}")
 

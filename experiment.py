@@ -43,6 +43,7 @@ import torch
 import meta_baselines
 import metrics
 import replay
+import runfiles
 
 # ----------------------------------------------------------------------------------------------------------------
 # flags from the Config dataclass
@@ -68,7 +69,7 @@ def build_parser(cls, presets: dict, description: str, choices: dict | None = No
     (default None: "not given", so that presets apply)."""
     overrides = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items())
                           for name, values in presets.items() if values)
-    p = metrics.Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = runfiles.Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                epilog=f"presets override the defaults: {overrides}")
     p.add_argument("--preset", choices=list(presets), default="paper", help="named overrides (default: paper)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<experiment>-<preset>-<method>-s<seed>); "
@@ -94,38 +95,24 @@ def parse_config(cls, presets: dict, argv, description: str, choices: dict | Non
     return cls(**values), args
 
 
-def require(condition: bool, message: str) -> None:
-    """Validation helper: ValueError(message) unless condition."""
-    if not condition:
-        raise ValueError(message)
-
-
 def validate_common(cfg, positive=(), non_negative=(), below_one=()) -> None:
     """Checks every Config shares: seeds in range, every float finite, the named fields > 0, >= 0 or in [0, 1)."""
-    require(0 <= cfg.seed < 2 ** 32, f"--seed must be in 0..2^32-1, got {cfg.seed}")
+    runfiles.require(0 <= cfg.seed < 2 ** 32, f"--seed must be in 0..2^32-1, got {cfg.seed}")
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        require(not isinstance(value, float) or math.isfinite(value), f"--{f.name.replace('_', '-')} must be "
+        runfiles.require(not isinstance(value, float) or math.isfinite(value), f"--{f.name.replace('_', '-')} must be "
                                                                       f"finite, got {value}")
     for name in positive:
-        require(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+        runfiles.require(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
     for name in non_negative:
-        require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+        runfiles.require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     for name in below_one:
-        require(0 <= getattr(cfg, name) < 1, f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(cfg, name)}")
-    require(cfg.device == "auto" or cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", cfg.device) is not None,
+        runfiles.require(0 <= getattr(cfg, name) < 1, f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(cfg, name)}")
+    runfiles.require(cfg.device == "auto" or cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", cfg.device) is not None,
             f"--device must be auto, cpu or cuda[:i], got {cfg.device!r}")
-    require(not cfg.device.startswith("cuda") or torch.cuda.is_available(),
+    runfiles.require(not cfg.device.startswith("cuda") or torch.cuda.is_available(),
             f"--device {cfg.device} but CUDA is not available")
 
-
-def check_writable(path: str, what: str) -> None:
-    """ValueError unless `path` is, or can be created as, a writable folder (nothing is created here)."""
-    parent = os.path.abspath(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    require(os.path.isdir(parent) and os.access(parent, os.W_OK),
-            f"cannot write {what} {path}: {parent} is not a writable folder")
 
 # ----------------------------------------------------------------------------------------------------------------
 # device and seeds
@@ -143,10 +130,6 @@ def generator(seed: int, *keys: int, device="cpu") -> torch.Generator:
 # the non-finite guard
 
 
-class Diverged(Exception):
-    """A non-finite value in training; main prints its one line and exits with code 2."""
-
-
 def check_finite(where: str, values: dict) -> None:
     """Raise Diverged naming `where` and the first non-finite entry of {name: 0-d tensor or float} (one sync)."""
     if not values:
@@ -154,13 +137,13 @@ def check_finite(where: str, values: dict) -> None:
     flat = torch.stack([torch.as_tensor(v, dtype=torch.float64).to("cpu") for v in values.values()])
     if not torch.isfinite(flat).all():
         name, value = next((k, v) for k, v in zip(values, flat.tolist()) if not math.isfinite(v))
-        raise Diverged(f"{where}: non-finite {name} ({value}); stopped, the last checkpoint is kept")
+        raise runfiles.Diverged(f"{where}: non-finite {name} ({value}); stopped, the last checkpoint is kept")
 
 
 def check_parameters(model: torch.nn.Module, where: str) -> None:
     """Raise Diverged if any parameter is NaN or inf (called before every checkpoint and evaluation)."""
     if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():
-        raise Diverged(f"{where}: non-finite parameters; stopped, the last checkpoint is kept")
+        raise runfiles.Diverged(f"{where}: non-finite parameters; stopped, the last checkpoint is kept")
 
 # ----------------------------------------------------------------------------------------------------------------
 # the run folder
@@ -199,7 +182,7 @@ class RunFolder:
         return self
 
     def _open(self) -> None:
-        check_writable(self.out, "the run folder")
+        runfiles.check_writable(self.out, "the run folder")
         if not os.path.isdir(self.out):
             os.makedirs(self.out)
             self._created.append(self.out)
@@ -239,22 +222,22 @@ class RunFolder:
         mine = dataclasses.asdict(self.cfg)
         diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in mine.items()
                 if k not in self.runtime_fields and old.get(k) != v]
-        require(not diff, f"{self.out} holds a run with another configuration ({'; '.join(diff)}); "
+        runfiles.require(not diff, f"{self.out} holds a run with another configuration ({'; '.join(diff)}); "
                           f"use another --out")
 
     def begin(self) -> None:
         """The run starts: config.json (this command's; on resume it equals the stored one but for runtime fields)
         and metrics.jsonl (cut back to the checkpoint's global step on resume)."""
-        metrics.atomic_write_json(self.path("config.json"), dataclasses.asdict(self.cfg))
-        self.logger = metrics.JsonlLogger(self.path("metrics.jsonl"))
+        runfiles.atomic_write_json(self.path("config.json"), dataclasses.asdict(self.cfg))
+        self.logger = runfiles.JsonlLogger(self.path("metrics.jsonl"))
         if self.checkpoint is not None:
             self.logger.truncate_after(self.checkpoint["state"]["global_step"])
         elif os.path.exists(self.logger.path):  # a run stopped before its first checkpoint starts over
-            metrics.atomic_write_text(self.logger.path, "")
+            runfiles.atomic_write_text(self.logger.path, "")
         self._created = []
 
     def save(self, checkpoint: dict) -> None:
-        metrics.atomic_torch_save(checkpoint, self.path("checkpoint.pt"))
+        runfiles.atomic_torch_save(checkpoint, self.path("checkpoint.pt"))
 
     def __exit__(self, *exc) -> None:
         """Release the lock; a run that never began leaves the folder as it found it."""
@@ -395,10 +378,10 @@ def check_task1_cache(cfg, runtime_fields=()) -> None:
     a snapshot written by a run whose configuration equals cfg in every field that Task 1 depends on."""
     if not cfg.task1_cache:
         return
-    require(cfg.method in TASK1_METHODS, f"--task1-cache: {cfg.method} trains Task 1 with its own update; the "
+    runfiles.require(cfg.method in TASK1_METHODS, f"--task1-cache: {cfg.method} trains Task 1 with its own update; the "
                                          f"cache is for {', '.join(TASK1_METHODS)}")
     if not os.path.exists(cfg.task1_cache):
-        return check_writable(os.path.dirname(os.path.abspath(cfg.task1_cache)), "--task1-cache's folder")
+        return runfiles.check_writable(os.path.dirname(os.path.abspath(cfg.task1_cache)), "--task1-cache's folder")
     try:
         old = torch.load(cfg.task1_cache, map_location="cpu", weights_only=False)["config"]
     except Exception as e:  # truncated or foreign file
@@ -406,16 +389,16 @@ def check_task1_cache(cfg, runtime_fields=()) -> None:
     free = set(TASK1_FREE_FIELDS) | set(runtime_fields)
     diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
             if k not in free and old.get(k) != v]
-    require(not diff, f"--task1-cache {cfg.task1_cache} holds a Task 1 trained with another configuration "
+    runfiles.require(not diff, f"--task1-cache {cfg.task1_cache} holds a Task 1 trained with another configuration "
                       f"({'; '.join(diff)})")
 
 
 def save_task1(path: str, cfg, state: dict, model, learner, metrics_path: str) -> None:
     """Task 1's end, before the first boundary: weights, optimizer, loop state and Task 1's metrics records."""
     ck = checkpoint(cfg, state, model, learner, replay.ReplayPool(), None)
-    ck["records"] = metrics.read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
+    ck["records"] = runfiles.read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    metrics.atomic_torch_save(ck, path)
+    runfiles.atomic_torch_save(ck, path)
 
 
 def load_task1(path: str, model, learner, pool, log) -> dict:
@@ -444,7 +427,7 @@ def run(main, argv=None) -> None:
     """Call main(argv); turn bad input, divergence and Ctrl-C into one line and an exit code (2, 2, 130)."""
     try:
         main(argv)
-    except (ValueError, Diverged) as e:
+    except (ValueError, runfiles.Diverged) as e:
         sys.stderr.write(f"error: {e}\n")
         raise SystemExit(2)
     except KeyboardInterrupt:

@@ -60,7 +60,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-import metrics
+import runfiles
 from fid_networks import INCEPTION_FILE, ClassifierFeatures, FIDInceptionV3, RandomConvFeatures, load_inception_state
 
 INCEPTION_NAME = "inception"
@@ -172,10 +172,8 @@ class Stats:
 
 def save_stats(path, stats: Stats) -> None:
     """npz with mu, sigma, n, extractor (pytorch-fid's files hold mu and sigma only); atomic write."""
-    path = str(path)
-    with open(path + ".tmp", "wb") as f:
-        np.savez(f, mu=stats.mu, sigma=stats.sigma, n=stats.n, extractor=stats.extractor)
-    os.replace(path + ".tmp", path)
+    runfiles.atomic_write(path, "wb", lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma, n=stats.n,
+                                                         extractor=stats.extractor))
 
 
 def load_stats(path) -> Stats:
@@ -328,7 +326,7 @@ def path_stats(path, ext: FeatureExtractor | None, batch_size: int, progress: bo
 
 
 def main(argv=None) -> None:
-    p = metrics.Parser(description="FID between two image folders or .npz statistics files.")
+    p = runfiles.Parser(description="FID between two image folders or .npz statistics files.")
     p.add_argument("path_a", help="folder of PNG/JPEG images, or .npz statistics")
     p.add_argument("path_b", nargs="?", help="second folder or .npz (optional with --save-stats)")
     p.add_argument("--inception-weights", default=None, help=f"{INCEPTION_FILE} (default: torch hub cache)")

@@ -35,6 +35,8 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+import runfiles
+
 # ----------------------------------------------------------------------------------------------------------------
 # data: downsampled ImageNet 32x32, official npz files (reference notes §7)
 
@@ -309,8 +311,7 @@ def save_grid(path: str, cells: list[list[np.ndarray | None]], row_names: list[s
         draw.text((4, top + r * (ch + sep) + ch // 2 - 5), name, fill=(0, 0, 0))
     for c, name in enumerate(col_names):
         draw.text((left + c * (cw + sep), 3), name, fill=(0, 0, 0))
-    im.save(str(path) + ".tmp", format="PNG")
-    os.replace(str(path) + ".tmp", path)
+    runfiles.atomic_write(path, "wb", lambda f: im.save(f, format="PNG"))
 
 
 def save_task_grids(out_dir: str, moments: list[list[np.ndarray]]) -> None:
@@ -322,9 +323,8 @@ def save_task_grids(out_dir: str, moments: list[list[np.ndarray]]) -> None:
     save_grid(os.path.join(out_dir, f"samples_after_task{k:02d}.png"), cells, [f"T{j + 1}" for j in range(k)],
               [f"after T{i + 1}" for i in range(k)])
     path = os.path.join(out_dir, "samples.npz")
-    with open(path + ".tmp", "wb") as f:
-        np.savez(f, **{f"after{i + 1}": np.stack(m) for i, m in enumerate(moments)})
-    os.replace(path + ".tmp", path)
+    runfiles.atomic_write(path, "wb", lambda f: np.savez(f, **{f"after{i + 1}": np.stack(m)
+                                                               for i, m in enumerate(moments)}))
 
 
 def save_curve_grid(out_dir: str, points: list) -> None:

@@ -1,4 +1,4 @@
-"""Continual-learning metrics, run files and the aggregation CLI (paper Section 4, Tables 1-2, Figure 2, App. D).
+"""Continual-learning metrics and the aggregation CLI (paper Section 4, Tables 1-2, Figure 2, App. D).
 
 Shared by `train_cw10.py` (score = success rate, higher is better) and `train_imagenet.py` (score = FID, lower is
 better). Nothing here knows about models: it works on score matrices, evaluation curves and JSON files.
@@ -49,7 +49,6 @@ Deviations from the paper
       in-task step count exactly as Table 2 does (2, 4, ..., 45, 5000).
     - Table 1 with one seed prints "± —" (no standard error can be estimated).
 """
-import argparse
 import json
 import math
 import numbers
@@ -57,6 +56,8 @@ import os
 import sys
 
 import numpy as np
+
+import runfiles
 
 EXPERIMENTS = ("cw10", "imagenet", "toy")
 METHOD_ORDER = ("finetune", "ewc", "replay", "ftml", "vrmcl", "tr")  # paper Table 1 row order
@@ -70,92 +71,6 @@ UNDEFINED = "n/a"  # Table 2 cell whose reference success is 0: the target alpha
 COMPARABILITY_EXTRA = ("dataset", "extractor", "is_proxy", "sequence")  # extra fields that must agree across runs
 SUMMARY_FIELDS = ("method", "seed", "experiment", "task_names", "n_tasks_trained", "score_name", "higher_is_better",
                   "average", "forgetting", "thresholds", "reconvergence", "task1_curve", "transitions")
-
-
-# ----------------------------------------------------------------------------- command lines, atomic writes, the log
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line ("error: ...") with exit code 2, for every command line of the project."""
-
-    def error(self, message):
-        sys.stderr.write(f"error: {message}\n")
-        raise SystemExit(2)
-
-
-
-def atomic_write_text(path, text):
-    """Write `text` to path + ".tmp", fsync, then os.replace: readers see the old file or the new one, never half."""
-    _atomic_write(path, "w", lambda f: f.write(text))
-
-
-def _atomic_write(path, mode, write):
-    """Call write(f) on path + ".tmp" opened with `mode`, fsync, os.replace; no .tmp survives a failure."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")  # serialise first: a failure here touches no file
-
-
-def atomic_torch_save(obj, path):
-    import torch  # local: the aggregation CLI does not need torch
-
-    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
-
-
-def read_jsonl(path):
-    """Records of a jsonl file; a partial last line (process killed mid-write) is skipped."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # torn final write
-            if line.strip():
-                records.append(json.loads(line))
-    return records
-
-
-class JsonlLogger:
-    """Append-only metrics.jsonl: one JSON object per line, flushed and fsynced at every `log`.
-
-    A run killed mid-write leaves a partial last line; opening the logger drops it, so new records never glue
-    onto it. On resume from a checkpoint at global step g, `truncate_after(g)` drops the records logged after
-    the checkpoint (they will be logged again), so the file reads as one uninterrupted run.
-    """
-
-    def __init__(self, path):
-        self.path = os.fspath(path)
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        if os.path.exists(self.path):
-            with open(self.path, "rb") as f:
-                data = f.read()
-            if data and not data.endswith(b"\n"):
-                atomic_write_text(self.path, data[: data.rfind(b"\n") + 1].decode("utf-8"))
-
-    def log(self, record):
-        line = json.dumps(record) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def truncate_after(self, global_step):
-        """Keep records with no "global_step" or record["global_step"] <= global_step; rewrite atomically."""
-        if not os.path.exists(self.path):
-            return
-        kept = [r for r in read_jsonl(self.path) if r.get("global_step") is None or r["global_step"] <= global_step]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 # ----------------------------------------------------------------------------- evaluation schedule, Table 1
@@ -375,11 +290,8 @@ def plot_figure2(series, transitions, path, ylabel, title, bands=None, log=False
     ax.set_title(title)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    tmp = os.fspath(path) + ".tmp"
-    fig.savefig(tmp, format="png", dpi=120)
+    runfiles.atomic_write(path, "wb", lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- summary.json
@@ -435,8 +347,8 @@ def score_label(summary):
 def write_run_outputs(out, summary, ylabel=None, title="", figure=True):
     """A run's result files: summary.json, summary.md (summary_markdown) and, with figure, figure2.png (its
     Task-1 curve; ylabel defaults to "Task 1 <score_label>")."""
-    atomic_write_json(os.path.join(out, "summary.json"), summary)
-    atomic_write_text(os.path.join(out, "summary.md"), summary_markdown(summary))
+    runfiles.atomic_write_json(os.path.join(out, "summary.json"), summary)
+    runfiles.atomic_write_text(os.path.join(out, "summary.md"), summary_markdown(summary))
     if figure and summary["task1_curve"]:
         plot_figure2({DISPLAY_NAMES.get(summary["method"], summary["method"]): summary["task1_curve"]},
                      summary["transitions"], os.path.join(out, "figure2.png"),
@@ -564,13 +476,13 @@ def aggregate(run_dirs, out_dir):
         plot_figure2(series, first["transitions"], png, f"Task 1 {score_label(first)}",
                      f"{title}: Task 1 over continual training", bands, log=log)
         written.append(png)
-    atomic_write_text(os.path.join(out_dir, "table1.md"), "\n".join(t1))
-    atomic_write_text(os.path.join(out_dir, "table2.md"), "\n".join(t2))
+    runfiles.atomic_write_text(os.path.join(out_dir, "table1.md"), "\n".join(t1))
+    runfiles.atomic_write_text(os.path.join(out_dir, "table2.md"), "\n".join(t2))
     return [os.path.join(out_dir, "table1.md"), os.path.join(out_dir, "table2.md"), *written]
 
 
 def main(argv=None):
-    parser = Parser(description="Aggregate runs/<name>/summary.json into Table 1, Table 2 and Figure 2 "
+    parser = runfiles.Parser(description="Aggregate runs/<name>/summary.json into Table 1, Table 2 and Figure 2 "
                                 "(mean ± standard error over seeds).")
     sub = parser.add_subparsers(dest="command", required=True)
     agg = sub.add_parser("aggregate", help="aggregate run directories")

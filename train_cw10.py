@@ -53,6 +53,7 @@ import fisher
 import meta_baselines
 import metrics
 import replay
+import runfiles
 import unet
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -185,24 +186,24 @@ def validate(cfg: Config) -> None:
         non_negative=("first_task_steps", "path_episodes", "lr_warmup", "lam", "beta", "replay_ratio", "inner_lr",
                       "vr_momentum", "grad_clip", "workers", "env_workers", "threads"), below_one=("ema",))
     tasks = task_list(cfg)
-    experiment.require(bool(tasks) and len(set(tasks)) == len(tasks),
+    runfiles.require(bool(tasks) and len(set(tasks)) == len(tasks),
                        f"--tasks must name distinct tasks: {cfg.tasks!r}")
     for t in tasks:
-        experiment.require(t in cw10_data.CW10, f"unknown task {t!r}; CW10 tasks are {', '.join(cw10_data.CW10)}")
+        runfiles.require(t in cw10_data.CW10, f"unknown task {t!r}; CW10 tasks are {', '.join(cw10_data.CW10)}")
     S, O, A = cfg.horizon, cfg.obs_horizon, cfg.action_chunk
-    experiment.require(S >= 4 and S % 4 == 0, f"--horizon S={S} must be a positive multiple of 4 (the UNet halves it)")
-    experiment.require(O >= 1 and A >= 1, f"--obs-horizon O={O} and --action-chunk A={A} must be >= 1")
-    experiment.require(O + A <= S + 1, f"O + A = {O + A} > S + 1 = {S + 1}: executed actions must fit in the horizon")
-    experiment.require(1 <= cfg.ddim_steps <= cfg.train_timesteps, f"--ddim-steps must be in 1..{cfg.train_timesteps}")
-    experiment.require(cfg.path_episodes <= cfg.eval_episodes,
+    runfiles.require(S >= 4 and S % 4 == 0, f"--horizon S={S} must be a positive multiple of 4 (the UNet halves it)")
+    runfiles.require(O >= 1 and A >= 1, f"--obs-horizon O={O} and --action-chunk A={A} must be >= 1")
+    runfiles.require(O + A <= S + 1, f"O + A = {O + A} > S + 1 = {S + 1}: executed actions must fit in the horizon")
+    runfiles.require(1 <= cfg.ddim_steps <= cfg.train_timesteps, f"--ddim-steps must be in 1..{cfg.train_timesteps}")
+    runfiles.require(cfg.path_episodes <= cfg.eval_episodes,
                        f"--path-episodes ({cfg.path_episodes}) must be at most --eval-episodes ({cfg.eval_episodes})")
     n_replay = replay_batch_size(cfg)
-    experiment.require(cfg.method not in ("ftml", "vrmcl") or (cfg.batch_size % 2 == 0 and n_replay % 2 == 0),
+    runfiles.require(cfg.method not in ("ftml", "vrmcl") or (cfg.batch_size % 2 == 0 and n_replay % 2 == 0),
                        f"{cfg.method} splits each batch into support and query halves: --batch-size "
                        f"({cfg.batch_size}) and the replay batch ({n_replay}) must be even")
-    experiment.require(not meta_baselines.uses_replay(cfg.method) or n_replay >= 1, "--replay-ratio gives no replay")
+    runfiles.require(not meta_baselines.uses_replay(cfg.method) or n_replay >= 1, "--replay-ratio gives no replay")
     metrics.curve_points(cfg.curve, max(cfg.steps_per_task, cfg.first_task_steps))  # ValueError if malformed
-    experiment.check_writable(cfg.data_dir, "the demo cache")
+    runfiles.check_writable(cfg.data_dir, "the demo cache")
 
 
 def task_steps(cfg: Config, k: int) -> int:
@@ -353,7 +354,7 @@ def grid(cfg: Config, names: str, out: str, device) -> None:
     """Table 5's protocol: one model per (S, O, A) and task, trained from scratch; out/table5.md."""
     names = list(TABLE5) if names == "paper" else names.split(",")
     for name in names:
-        experiment.require(name in TABLE5, f"--grid takes 'paper' or names from Table 5 like S8_O6_A2, got {name!r}")
+        runfiles.require(name in TABLE5, f"--grid takes 'paper' or names from Table 5 like S8_O6_A2, got {name!r}")
     runs = {}
     for name in names:
         S, O, A = (int(v) for v in re.fullmatch(r"S(\d+)_O(\d+)_A(\d+)", name).groups())
@@ -374,7 +375,7 @@ def grid(cfg: Config, names: str, out: str, device) -> None:
                      + " |")
     text = f"Table 5 ({cfg.steps_per_task} steps, {cfg.eval_episodes} episodes, model {cfg.model})\n\n"
     text += "\n".join(lines)
-    metrics.atomic_write_text(os.path.join(out, "table5.md"), text + "\n")
+    runfiles.atomic_write_text(os.path.join(out, "table5.md"), text + "\n")
     print(text)
 
 
@@ -446,7 +447,7 @@ def main(argv=None) -> None:
         ("--compare", dict(nargs="+", metavar="RUN", help="write --out (a PNG): Task 1's episodes from above after "
                                                           "each task, one row per run folder, then exit"))])
     if args.compare:
-        experiment.require(bool(args.out) and args.out.endswith(".png"), "--compare needs --out FILE.png")
+        runfiles.require(bool(args.out) and args.out.endswith(".png"), "--compare needs --out FILE.png")
         return cw10_data.compare(args.compare, args.out)
     validate(cfg)
     device = experiment.setup_torch(cfg.device, cfg.threads)

@@ -67,6 +67,7 @@ import fisher
 import meta_baselines
 import metrics
 import replay
+import runfiles
 import unet
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -167,26 +168,26 @@ def validate(cfg: Config) -> None:
         "shapes_train_per_class", "sample_batch", "log_every", "checkpoint_every"),
         non_negative=("steps_per_task", "first_task_steps", "lr_warmup", "grad_clip", "lam", "beta", "replay_ratio",
                       "inner_lr", "vr_momentum", "threads"), below_one=("ema",))
-    experiment.require(cfg.image_size in ((32,) if cfg.dataset == "imagenet32" else (8, 16, 32)),
+    runfiles.require(cfg.image_size in ((32,) if cfg.dataset == "imagenet32" else (8, 16, 32)),
                        f"--image-size {cfg.image_size}: imagenet32 is 32x32; shapes may be 8, 16 or 32")
     max_classes = 1000 if cfg.dataset == "imagenet32" else 500
-    experiment.require(cfg.num_tasks * cfg.classes_per_task <= max_classes,
+    runfiles.require(cfg.num_tasks * cfg.classes_per_task <= max_classes,
                        f"--num-tasks x --classes-per-task must be <= {max_classes} for {cfg.dataset}")
     n_replay = round(cfg.replay_ratio * cfg.batch_size)
-    experiment.require(cfg.method not in ("ftml", "vrmcl") or (cfg.batch_size % 2 == 0 and n_replay % 2 == 0),
+    runfiles.require(cfg.method not in ("ftml", "vrmcl") or (cfg.batch_size % 2 == 0 and n_replay % 2 == 0),
                        f"{cfg.method} splits each batch into support and query halves: --batch-size "
                        f"({cfg.batch_size}) and the replay batch ({n_replay}) must be even")
-    experiment.require(not meta_baselines.uses_replay(cfg.method) or n_replay >= 1, "--replay-ratio gives no replay")
-    experiment.require(cfg.ddim_steps <= 1000 and cfg.replay_ddim_steps <= 1000, "DDIM steps must be <= 1000")
+    runfiles.require(not meta_baselines.uses_replay(cfg.method) or n_replay >= 1, "--replay-ratio gives no replay")
+    runfiles.require(cfg.ddim_steps <= 1000 and cfg.replay_ddim_steps <= 1000, "DDIM steps must be <= 1000")
     metrics.curve_points(cfg.curve, max(cfg.steps_per_task, cfg.first_task_steps) if cfg.steps_per_task else 10 ** 9)
     experiment.check_task1_cache(cfg, RUNTIME_FIELDS)
     if cfg.inception_weights:
-        experiment.require(os.path.isfile(cfg.inception_weights),
+        runfiles.require(os.path.isfile(cfg.inception_weights),
                            f"--inception-weights {cfg.inception_weights}: no such file")
     if cfg.dataset == "imagenet32":
         missing = [f for f in image_data.IMAGENET32_TRAIN + image_data.IMAGENET32_VAL
                    if not (Path(cfg.data_dir) / f).is_file()]
-        experiment.require(not missing, f"missing {Path(cfg.data_dir) / missing[0]}: {image_data.IMAGENET32_HELP}"
+        runfiles.require(not missing, f"missing {Path(cfg.data_dir) / missing[0]}: {image_data.IMAGENET32_HELP}"
                            if missing else "")
 
 
@@ -244,7 +245,7 @@ def check_fid_sample_counts(cfg: Config, dim: int, name: str) -> None:
     counts = {"--fid-samples": cfg.fid_samples, "--curve-samples": cfg.curve_samples if cfg.curve != "off" else 10 ** 9,
               "--heldout-per-class x --classes-per-task": cfg.heldout_per_class * cfg.classes_per_task}
     low = [(k, v) for k, v in counts.items() if v <= dim]
-    experiment.require(not low or cfg.allow_rank_deficient_fid,
+    runfiles.require(not low or cfg.allow_rank_deficient_fid,
                        f"{low[0][0]} = {low[0][1]} is not above the {dim}-d {name} features: the "
                        f"covariance would be singular and FID biased upward; raise it or pass "
                        f"--allow-rank-deficient-fid" if low else "")
@@ -256,7 +257,7 @@ def check_fid_sample_counts(cfg: Config, dim: int, name: str) -> None:
 
 def steps_for_task(cfg: Config, n_images: int) -> int:
     """Gradient updates for a task of n_images: steps_per_task, or epochs x full batches per epoch."""
-    experiment.require(n_images >= cfg.batch_size, f"a task has {n_images} training images, fewer than "
+    runfiles.require(n_images >= cfg.batch_size, f"a task has {n_images} training images, fewer than "
                                                    f"--batch-size {cfg.batch_size}")
     return cfg.steps_per_task or max(1, round(cfg.epochs_per_task * (n_images // cfg.batch_size)))
 
@@ -442,7 +443,7 @@ def main(argv=None) -> None:
         ("--compare", dict(nargs="+", metavar="RUN", help="write --out (a PNG): Task 1's samples after Task 1 and "
                                                           "after the last task, one row per run folder, then exit"))])
     if args.compare:
-        experiment.require(bool(args.out) and args.out.endswith(".png"), "--compare needs --out FILE.png")
+        runfiles.require(bool(args.out) and args.out.endswith(".png"), "--compare needs --out FILE.png")
         return image_data.compare(args.compare, args.out)
     validate(cfg)
     device = experiment.setup_torch(cfg.device, cfg.threads)

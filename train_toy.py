@@ -61,6 +61,7 @@ import fisher
 import meta_baselines
 import metrics
 import replay
+import runfiles
 import unet
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -122,9 +123,9 @@ LONGEST_FIRST = ("vrmcl", "ftml", "tr", "replay", "ewc", "finetune")  # queue or
 def method_list(cfg: Config) -> list[str]:
     names = list(meta_baselines.METHODS) if cfg.method == "all" else [m.strip() for m in cfg.method.split(",")]
     for m in names:
-        experiment.require(m in meta_baselines.METHODS, f"--method {m!r}: choose from "
+        runfiles.require(m in meta_baselines.METHODS, f"--method {m!r}: choose from "
                                                         f"{', '.join(meta_baselines.METHODS)}, a comma list, or all")
-    experiment.require(len(set(names)) == len(names), f"--method names a method twice: {cfg.method!r}")
+    runfiles.require(len(set(names)) == len(names), f"--method names a method twice: {cfg.method!r}")
     return names
 
 
@@ -136,16 +137,16 @@ def validate(cfg: Config) -> None:
         "log_every"), non_negative=("grad_clip", "lam", "beta", "replay_ratio", "inner_lr", "vr_momentum", "threads",
                                     "workers"))
     methods = method_list(cfg)
-    experiment.require(cfg.num_tasks <= len(CENTRES), f"--num-tasks must be <= {len(CENTRES)}")
-    experiment.require(cfg.classes_per_task <= 4, "--classes-per-task must be <= 4 (classes would overlap)")
-    experiment.require(cfg.eval_per_class >= 2, "--eval-per-class must be >= 2 (a covariance needs two points)")
+    runfiles.require(cfg.num_tasks <= len(CENTRES), f"--num-tasks must be <= {len(CENTRES)}")
+    runfiles.require(cfg.classes_per_task <= 4, "--classes-per-task must be <= 4 (classes would overlap)")
+    runfiles.require(cfg.eval_per_class >= 2, "--eval-per-class must be >= 2 (a covariance needs two points)")
     n_replay = round(cfg.replay_ratio * cfg.batch_size)
     for m in methods:
-        experiment.require(m not in ("ftml", "vrmcl") or (cfg.batch_size % 2 == 0 and n_replay % 2 == 0),
+        runfiles.require(m not in ("ftml", "vrmcl") or (cfg.batch_size % 2 == 0 and n_replay % 2 == 0),
                            f"{m} splits each batch into support and query halves: --batch-size ({cfg.batch_size}) "
                            f"and the replay batch ({n_replay}) must be even")
-        experiment.require(not meta_baselines.uses_replay(m) or n_replay >= 1, "--replay-ratio gives no replay")
-    experiment.require(cfg.ddim_steps <= 1000 and cfg.replay_ddim_steps <= 1000, "DDIM steps must be <= 1000")
+        runfiles.require(not meta_baselines.uses_replay(m) or n_replay >= 1, "--replay-ratio gives no replay")
+    runfiles.require(cfg.ddim_steps <= 1000 and cfg.replay_ddim_steps <= 1000, "DDIM steps must be <= 1000")
     metrics.curve_points(cfg.curve, cfg.steps_per_task)
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -436,7 +437,7 @@ def main(argv=None) -> None:
     cfg, args = experiment.parse_config(Config, PRESETS, argv, __doc__.split("\n\n")[0], CHOICES)
     validate(cfg)
     out = args.out or os.path.join("runs", f"toy-{args.preset}")
-    experiment.check_writable(out, "the output folder")
+    runfiles.check_writable(out, "the output folder")
     runs = [replace(cfg, method=m, seed=cfg.seed + i, seeds=1) for m in method_list(cfg) for i in range(cfg.seeds)]
     workers = min(len(runs), cfg.workers or os.cpu_count() or 1)
     start = time.perf_counter()

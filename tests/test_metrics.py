@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import metrics
+import runfiles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = None
@@ -145,56 +146,6 @@ def test_eval_schedule_values():
         metrics.eval_schedule(0)
 
 
-# ----------------------------------------------------------------------------- run files
-
-def test_jsonl_truncate_after_partial_trailing_line(tmp_path):
-    path = tmp_path / "run" / "metrics.jsonl"
-    log = metrics.JsonlLogger(path)
-    log.log({"event": "start"})  # no global_step: always kept
-    for g in range(1, 6):
-        log.log({"global_step": g, "loss": 1.0 / g})
-    with open(path, "a") as f:
-        f.write('{"global_step": 6, "lo')  # SIGKILL mid-write
-    assert [r.get("global_step") for r in metrics.read_jsonl(path)] == [None, 1, 2, 3, 4, 5]
-    log.truncate_after(3)
-    assert [r.get("global_step") for r in metrics.read_jsonl(path)] == [None, 1, 2, 3]
-    log.log({"global_step": 4, "loss": 0.25})
-    assert [r.get("global_step") for r in metrics.read_jsonl(path)] == [None, 1, 2, 3, 4]
-
-
-def test_jsonl_logger_reopen_drops_partial_line(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    path.write_text('{"global_step": 1}\n{"global_st')
-    metrics.JsonlLogger(path).log({"global_step": 2})
-    assert path.read_text() == '{"global_step": 1}\n{"global_step": 2}\n'
-
-
-class _Unpicklable:
-    def __reduce__(self):
-        raise RuntimeError("boom during serialisation")
-
-
-def test_atomic_writes_never_leave_half_files(tmp_path):
-    path = tmp_path / "sub" / "summary.json"
-    metrics.atomic_write_json(path, {"a": 1})
-    with pytest.raises(TypeError):
-        metrics.atomic_write_json(path, {"a": object()})
-    assert json.loads(path.read_text()) == {"a": 1}
-    torch = pytest.importorskip("torch")
-    ckpt = tmp_path / "ckpt.pt"
-    metrics.atomic_torch_save({"w": torch.ones(3)}, ckpt)
-    with pytest.raises(RuntimeError, match="boom"):  # fails mid-serialisation
-        metrics.atomic_torch_save({"w": torch.zeros(1000), "bad": _Unpicklable()}, ckpt)
-    assert torch.equal(torch.load(ckpt)["w"], torch.ones(3))
-    metrics.atomic_write_text(tmp_path / "t.md", "hi\n")
-    with pytest.MonkeyPatch.context() as mp:  # a crash after the bytes are written but before the rename
-        mp.setattr(metrics.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk gone")))
-        with pytest.raises(OSError, match="disk gone"):
-            metrics.atomic_write_text(tmp_path / "t.md", "new text\n")
-    assert (tmp_path / "t.md").read_text() == "hi\n"
-    assert sorted(p.name for p in tmp_path.rglob("*.tmp")) == []
-
-
 def test_plot_figure2_writes_png(tmp_path):
     path = tmp_path / "fig.png"
     series = {"Replay": [(0, 0.1), (100, 0.9), (150, 0.4)], "Trust Region": [(0, 0.1), (100, 0.95), (150, 0.8)]}
@@ -216,7 +167,7 @@ def _write_run(root, method, seed, experiment="cw10", task_names=("a", "b", "c")
                                     thresholds, extra={"is_proxy": True},
                                     task_curves={1: [(202, 2, 2, back), (300, 100, 2, back)]})
     run_dir = root / f"{experiment}_{method}_s{seed}"
-    metrics.atomic_write_json(run_dir / "summary.json", summary)
+    runfiles.atomic_write_json(run_dir / "summary.json", summary)
     return str(run_dir)
 
 
@@ -275,7 +226,7 @@ def test_aggregate_rejects_mixed_fid_extractors_and_notes_proxy(tmp_path):
     for run, extractor in ((a, "inception"), (b, "proxy-randconv-v1")):
         s = json.loads(open(os.path.join(run, "summary.json")).read())
         s["extra"].update(extractor=extractor, is_proxy=extractor.startswith("proxy"))
-        metrics.atomic_write_json(os.path.join(run, "summary.json"), s)
+        runfiles.atomic_write_json(os.path.join(run, "summary.json"), s)
     with pytest.raises(ValueError, match="extractor"):
         metrics.load_summaries([a, b])
     paths = metrics.aggregate([b], str(tmp_path / "agg"))  # one proxy run: labelled as such
@@ -294,12 +245,12 @@ def test_aggregate_names_a_cw10_subsequence_in_the_titles(tmp_path):
     run = _write_run(tmp_path, "tr", 1)
     s = json.loads(open(os.path.join(run, "summary.json")).read())
     s["extra"]["sequence"] = "subsequence of CW10: tasks 6-10"
-    metrics.atomic_write_json(os.path.join(run, "summary.json"), s)
+    runfiles.atomic_write_json(os.path.join(run, "summary.json"), s)
     t1, t2 = (open(p).read() for p in metrics.aggregate([run], str(tmp_path / "agg"))[:2])
     assert "### CW10 [subsequence of CW10: tasks 6-10]" in t1
     assert "# Table 2 (CW10 [subsequence of CW10: tasks 6-10])" in t2
     s["extra"]["sequence"] = "CW10"
-    metrics.atomic_write_json(os.path.join(run, "summary.json"), s)
+    runfiles.atomic_write_json(os.path.join(run, "summary.json"), s)
     assert "subsequence" not in open(metrics.aggregate([run], str(tmp_path / "agg2"))[0]).read()
 
 

@@ -14,6 +14,7 @@ import torch
 
 import experiment
 import metrics
+import runfiles
 import train_toy
 from conftest import adam_steps, record_schedules
 
@@ -59,7 +60,7 @@ def test_summary_is_build_summary_of_the_logged_evaluations(smoke):
     Table 1, a curve that is not the logged one, or transitions off by one task."""
     _, runs = smoke
     for run in runs:
-        records = metrics.read_jsonl(run / "metrics.jsonl")
+        records = runfiles.read_jsonl(run / "metrics.jsonl")
         evals = [r for r in records if r["kind"] == "eval"]
         for score, path in (("fd", run / "summary.json"), ("sw", run / "sw" / "summary.json")):
             saved = json.loads(path.read_text())
