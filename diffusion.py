@@ -20,8 +20,9 @@ The two are the same family under a change of variables, Eq. (2) solved for the 
 so for the same x_t, ||eps - eps_hat||^2 = SNR(t) ||x0 - x0_hat||^2 with SNR(t) = ab_t / (1 - ab_t): the x0 loss
 is the epsilon loss weighted by 1 / SNR(t), which puts weight on the noisy steps (large t) where the epsilon loss
 gives a network little signal about x0 (tests/test_diffusion.py checks the identity in float64). Everything that
-differentiates "the loss" (training, replay, both Fishers, FTML/VR-MCL) calls ``denoising_loss`` and so follows the
-run's choice; distillation compares student and teacher outputs, which are in the same form.
+differentiates "the loss" (the learners of training, replay, both Fishers, FTML/VR-MCL, derivation.py's toy) calls
+``DenoisingLoss``, the one name of Eq. (3), and so follows the run's choice; distillation compares student and
+teacher outputs, which are in the same form, with DenoisingLoss.error.
 
 The network is called as ``model(x_t, t, cond)`` and returns its prediction (eps_hat or x0_hat) with x_t's shape.
 A *batch* is a tuple ``(x0, cond)`` or ``(x0, cond, t, eps)``; the second form carries pre-drawn
@@ -29,18 +30,18 @@ noise, which makes the per-sample loss a deterministic function of the parameter
 rank-1 Fisher's forward-mode pass and by vmap in fisher.py).
 
 Deviations from the paper
-- Eq. (3) is the *sum* of squares; here the per-sample loss is the *mean* over the non-batch
-  dimensions, as in the authors' code (reference notes §1: "mean-over-pixels MSE") and in
-  diffusers. It rescales the loss by 1/dim, which Adam ignores but lambda does not: the paper's
+- Eq. (3) is the *sum* of squares; here the per-sample loss is the *mean* over the non-batch dimensions, as in the
+  authors' code (Teachable-AI-Lab/diffusion-continual-learning, `src/parameter_scoring.py`: an MSE averaged over
+  pixels) and in diffusers. It rescales the loss by 1/dim, which Adam ignores but lambda does not: the paper's
   lambda values (Tables 3-4) are for this mean form.
 - Timesteps are 0-based (t in {0..999}), as in diffusers; the paper writes t = 1..T.
 - ``prediction="sample"`` is ours (the paper trains epsilon only): at a CPU budget it learns CW10 tasks the epsilon
   form does not (results/cw10_curves_cpu). The default, "epsilon", is the paper.
-- The schedule is fixed to diffusers' defaults (linear betas 1e-4..0.02, 1000 steps; reference
-  notes §6); DDIM uses "leading" spacing (980, 960, ..., 0 for 50 steps) and alpha_bar_prev = 1
-  at the last step, as diffusers' DDIMScheduler. The DDIM step follows DDIMScheduler.step's defaults:
-  x0_hat is clipped to [-1, 1], and the direction term uses the network's eps_hat as predicted (for "sample": the
-  eps_hat implied by the unclipped x0_hat, as diffusers).
+- The schedule is fixed to diffusers' defaults (DDPMScheduler: linear betas 1e-4..0.02, 1000 steps); DDIM uses
+  "leading" spacing (980, 960, ..., 0 for 50 steps) and alpha_bar_prev = 1 at the last step, as diffusers'
+  DDIMScheduler. The DDIM step follows DDIMScheduler.step's defaults: x0_hat is clipped to [-1, 1], and the
+  direction term uses the network's eps_hat as predicted (for "sample": the eps_hat implied by the unclipped x0_hat,
+  as diffusers).
 """
 from __future__ import annotations
 
@@ -101,57 +102,45 @@ def draw_noise(sched: Schedule, x0: torch.Tensor, generator: torch.Generator | N
 # loss, Eq. (3) and its x0 form
 
 
-def regression(sched: Schedule, batch, generator=None):
-    """A batch (x0, cond) or (x0, cond, t, eps) as the regression the network solves: (x_t, t, cond, target), its
-    inputs and the output it is fitted to (Eq. 3's eps, or x0 in the x0 form). t, eps are drawn when absent."""
-    if len(batch) == 2:
-        x0, cond = batch
-        t, eps = draw_noise(sched, x0, generator)
-    elif len(batch) == 4:
-        x0, cond, t, eps = batch
-    else:
-        raise ValueError(f"a batch is (x0, cond) or (x0, cond, t, eps); got a tuple of {len(batch)}")
-    x_t = q_sample(sched, x0, t, eps)                       # Eq. (2)
-    target = eps if sched.prediction == "epsilon" else x0   # Eq. (3) | x0 form
-    return x_t, t, cond, target
-
-
-def squared_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample squared error, a mean over the non-batch dimensions (see Deviations). (B,)"""
-    return (target - out).pow(2).flatten(1).mean(dim=1)
-
-
-def denoising_loss(model, sched: Schedule, x0, cond, t=None, eps=None, generator=None) -> torch.Tensor:
-    """Per-sample denoising loss in the schedule's prediction type, a mean over the non-batch dimensions:
-    epsilon: ||eps - eps_theta(x_t, t, cond)||^2 / dim (Eq. 3);  sample: ||x0 - f_theta(x_t, t, cond)||^2 / dim.
-
-    x0: (B, ...); cond: whatever the model takes (labels (B,), observations (B, O, D_o), or None).
-    t, eps: pre-drawn noise, or None to draw them from ``generator``. Returns (B,).
-    """
-    if (t is None) != (eps is None):
-        raise ValueError("pass both t and eps, or neither")
-    return batch_loss(model, sched, (x0, cond) if t is None else (x0, cond, t, eps), generator)
-
-
-def batch_loss(model, sched: Schedule, batch, generator=None) -> torch.Tensor:
-    """The denoising loss of a batch tuple (x0, cond) or (x0, cond, t, eps). Returns (B,)."""
-    x_t, t, cond, target = regression(sched, batch, generator)
-    return squared_error(model(x_t, t, cond), target)       # Eq. (3) | x0 form, (B,)
-
-
 class DenoisingLoss:
-    """The learners' loss, bound to a schedule: loss(model, batch, generator=None) -> (B,) (batch_loss), and
-    loss.regression(batch, generator) -> (x_t, t, cond, target), with which a learner runs the network once on the
-    current and the replay batch together (trust_region.TrustRegionLearner.step)."""
+    """Eq. (3), the one denoising loss, bound to a schedule (and so to its prediction type):
+
+        loss(model, batch, generator=None) -> (B,)   per-sample loss of a batch (x0, cond) or (x0, cond, t, eps)
+        loss.regression(batch, generator)          -> (x_t, t, cond, target): the regression the network solves
+        DenoisingLoss.error(out, target)           -> (B,): the per-sample squared error, a mean over dimensions
+
+    epsilon: ||eps - eps_theta(x_t, t, cond)||^2 / dim (Eq. 3);  sample: ||x0 - f_theta(x_t, t, cond)||^2 / dim.
+    x0: (B, ...); cond: whatever the model takes (labels (B,), observations (B, O, D_o), or None); t, eps: pre-drawn
+    noise, or drawn from ``generator`` when the batch is (x0, cond). `regression` lets a learner run the network
+    once on the current and the replay batch together (trust_region.joint_mean_losses), and replay.ReplayLoss
+    regress onto the teacher's output with the same error."""
 
     def __init__(self, sched: Schedule):
         self.sched = sched
 
     def __call__(self, model, batch, generator=None) -> torch.Tensor:
-        return batch_loss(model, self.sched, batch, generator)
+        x_t, t, cond, target = self.regression(batch, generator)
+        return self.error(model(x_t, t, cond), target)      # Eq. (3) | x0 form, (B,)
 
     def regression(self, batch, generator=None):
-        return regression(self.sched, batch, generator)
+        """A batch (x0, cond) or (x0, cond, t, eps) as the regression the network solves: (x_t, t, cond, target), its
+        inputs and the output it is fitted to (Eq. 3's eps, or x0 in the x0 form). t, eps are drawn when absent."""
+        sched = self.sched
+        if len(batch) == 2:
+            x0, cond = batch
+            t, eps = draw_noise(sched, x0, generator)
+        elif len(batch) == 4:
+            x0, cond, t, eps = batch
+        else:
+            raise ValueError(f"a batch is (x0, cond) or (x0, cond, t, eps); got a tuple of {len(batch)}")
+        x_t = q_sample(sched, x0, t, eps)                       # Eq. (2)
+        target = eps if sched.prediction == "epsilon" else x0   # Eq. (3) | x0 form
+        return x_t, t, cond, target
+
+    @staticmethod
+    def error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-sample squared error, a mean over the non-batch dimensions (see Deviations). (B,)"""
+        return (target - out).pow(2).flatten(1).mean(dim=1)
 
 
 def with_noise(sched: Schedule, batch, generator=None):

@@ -6,7 +6,7 @@ Written in each script, the copies drifted apart (different boolean flags, seeds
 
     flags      one --flag per Config field; its help is the field's trailing comment in the dataclass, shown
                with its default once; booleans are --x / --no-x; values: defaults <- --preset <- explicit flags.
-    device     auto (cuda if available) | cpu | cuda[:i]; TF32 matmuls on CUDA (reference notes §9).
+    device     auto (cuda if available) | cpu | cuda[:i]; TF32 matmuls on CUDA. compile_denoiser: --compile.
     seeds      generator(seed, *keys) seeds a torch.Generator from numpy's SeedSequence([seed, *keys]). Every
                random draw of a run comes from a generator keyed by (task, step, stream), so a run resumed
                from a checkpoint draws exactly what the uninterrupted run drew.
@@ -40,10 +40,10 @@ import typing
 import numpy as np
 import torch
 
-import meta_baselines
-import metrics
+import learners
 import replay
 import runfiles
+from runfiles import check_writable, require
 
 # ----------------------------------------------------------------------------------------------------------------
 # flags from the Config dataclass
@@ -97,20 +97,20 @@ def parse_config(cls, presets: dict, argv, description: str, choices: dict | Non
 
 def validate_common(cfg, positive=(), non_negative=(), below_one=()) -> None:
     """Checks every Config shares: seeds in range, every float finite, the named fields > 0, >= 0 or in [0, 1)."""
-    runfiles.require(0 <= cfg.seed < 2 ** 32, f"--seed must be in 0..2^32-1, got {cfg.seed}")
+    require(0 <= cfg.seed < 2 ** 32, f"--seed must be in 0..2^32-1, got {cfg.seed}")
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        runfiles.require(not isinstance(value, float) or math.isfinite(value), f"--{f.name.replace('_', '-')} must be "
+        require(not isinstance(value, float) or math.isfinite(value), f"--{f.name.replace('_', '-')} must be "
                                                                       f"finite, got {value}")
     for name in positive:
-        runfiles.require(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+        require(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
     for name in non_negative:
-        runfiles.require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+        require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     for name in below_one:
-        runfiles.require(0 <= getattr(cfg, name) < 1, f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(cfg, name)}")
-    runfiles.require(cfg.device == "auto" or cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", cfg.device) is not None,
+        require(0 <= getattr(cfg, name) < 1, f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(cfg, name)}")
+    require(cfg.device == "auto" or cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", cfg.device) is not None,
             f"--device must be auto, cpu or cuda[:i], got {cfg.device!r}")
-    runfiles.require(not cfg.device.startswith("cuda") or torch.cuda.is_available(),
+    require(not cfg.device.startswith("cuda") or torch.cuda.is_available(),
             f"--device {cfg.device} but CUDA is not available")
 
 
@@ -118,13 +118,57 @@ def validate_common(cfg, positive=(), non_negative=(), below_one=()) -> None:
 # device and seeds
 
 
-setup_torch = meta_baselines.setup_torch  # the one device choice; it lives there for the bench (imports go down)
+def setup_torch(device: str, threads: int = 0) -> torch.device:
+    """The one device choice (the training scripts and bench.py): auto -> cuda if available, else cpu. threads > 0
+    sets torch's CPU threads."""
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 storage, TF32 matmuls: on an H100 faster than bf16 autocast
+        #   for the paper's 1D UNet (bench.py step --bf16)
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.device(device)
 
 
 def generator(seed: int, *keys: int, device="cpu") -> torch.Generator:
     """The generator of draw `keys` (e.g. task, step, stream) of run `seed`; independent streams for any keys."""
     state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
     return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
+
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead")
+
+
+def compile_denoiser(model, mode="auto"):
+    """Compile `model`'s forward in place with torch.compile (nn.Module.compile); returns the mode used ("off":
+    eager).
+
+    auto: "reduce-overhead" (CUDA graphs, for a launch-bound step) on CUDA, "off" on the CPU, where "default" made
+    the small model's step 7% faster after 4-7 s of compilation (results/cpu_speed): too little to give up the eager
+    step's plain tracebacks. Whether CUDA graphs reach issue 11's GPU targets is not yet measured. In place, so
+    parameters, state_dict keys and the learners' optimizers are unchanged, and every call model(x_t, t, cond) runs
+    the compiled code: the training step of every method (forward and backward; FTML / VR-MCL through
+    functional_call), the replay teacher, and each network call of DDIM sampling (rollouts, replay generation, FID
+    samples). Not covered: torch.func transforms (the Fisher's jvp and vmap), which callers run under
+    torch.compiler.set_stance("force_eager"), and replay.frozen_copy, whose copy is eager (callers compile it
+    again). The eager step is the reference: tests/test_speed.py checks that both give the same parameters after a
+    few steps of every method.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; choose one of {COMPILE_MODES}")
+    if mode == "auto":
+        mode = "reduce-overhead" if next(model.parameters()).device.type == "cuda" else "off"
+    if mode != "off":
+        model.compile(mode=mode)
+    return mode
+
+
+def new_learner(cfg, model, sched):
+    """learners.make_learner for cfg.method with the Config's fields, each named (a missing one is an error)."""
+    return learners.make_learner(cfg.method, model, sched, lr=cfg.lr, beta=cfg.beta, lam=cfg.lam,
+                                 inner_lr=cfg.inner_lr, vr_momentum=cfg.vr_momentum, second_order=cfg.second_order,
+                                 grad_clip=cfg.grad_clip, bf16=cfg.bf16, ema=cfg.ema)
 
 # ----------------------------------------------------------------------------------------------------------------
 # the non-finite guard
@@ -147,6 +191,14 @@ def check_parameters(model: torch.nn.Module, where: str) -> None:
 
 # ----------------------------------------------------------------------------------------------------------------
 # the run folder
+
+
+def config_diff(old: dict, cfg, free=()) -> list[str]:
+    """"field old -> new" for every field of cfg, except those in `free`, that differs from the stored config `old`;
+    a field that `old` lacks (written before the field existed) counts as holding its default."""
+    default = {f.name: f.default for f in dataclasses.fields(cfg)}
+    return [f"{k} {old.get(k, default[k])!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
+            if k not in free and old.get(k, default[k]) != v]
 
 
 def default_out(experiment: str, preset: str, cfg) -> str:
@@ -182,7 +234,7 @@ class RunFolder:
         return self
 
     def _open(self) -> None:
-        runfiles.check_writable(self.out, "the run folder")
+        check_writable(self.out, "the run folder")
         if not os.path.isdir(self.out):
             os.makedirs(self.out)
             self._created.append(self.out)
@@ -219,10 +271,8 @@ class RunFolder:
                 old = json.load(f)
         except (OSError, ValueError):
             raise ValueError(f"{path} is unreadable; use another --out") from None
-        mine = dataclasses.asdict(self.cfg)
-        diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in mine.items()
-                if k not in self.runtime_fields and old.get(k) != v]
-        runfiles.require(not diff, f"{self.out} holds a run with another configuration ({'; '.join(diff)}); "
+        diff = config_diff(old, self.cfg, self.runtime_fields)
+        require(not diff, f"{self.out} holds a run with another configuration ({'; '.join(diff)}); "
                           f"use another --out")
 
     def begin(self) -> None:
@@ -259,7 +309,7 @@ def start(folder: RunFolder, cfg, model, sched, state: dict | None = None):
     Begins the folder (config.json, metrics.jsonl). The loop state: task and step to do next, global_step, the rows
     of R, the evaluation curves {task: [(global_step, in_task_step, training_task, score)]}, the transitions (a
     script that keeps more, e.g. a second score, passes its own initial `state`)."""
-    learner = meta_baselines.make_learner(cfg.method, model, sched, cfg)
+    learner = new_learner(cfg, model, sched)
     pool, teacher = replay.ReplayPool(), None
     state = state or {"task": 0, "step": 0, "global_step": 0, "R": [], "curves": {}, "transitions": []}
     if folder.checkpoint is not None:
@@ -287,13 +337,13 @@ def train_step(learner, batch, replay_batch, generator, state: dict, folder: Run
 
 def averaged(learner):
     """The block runs with the model holding the learner's weight average (`--ema`); a no-op without one."""
-    return learner.applied() if isinstance(learner, meta_baselines.WeightAverage) else contextlib.nullcontext()
+    return learner.applied() if isinstance(learner, learners.WeightAverage) else contextlib.nullcontext()
 
 
 def end_task(learner) -> None:
     """A task's last step is done: with `--ema` the model keeps the averaged weights from here on (the boundary's
     evaluation, Fisher, anchor and teacher all see them)."""
-    if isinstance(learner, meta_baselines.WeightAverage):
+    if isinstance(learner, learners.WeightAverage):
         learner.adopt()
 
 
@@ -378,18 +428,16 @@ def check_task1_cache(cfg, runtime_fields=()) -> None:
     a snapshot written by a run whose configuration equals cfg in every field that Task 1 depends on."""
     if not cfg.task1_cache:
         return
-    runfiles.require(cfg.method in TASK1_METHODS, f"--task1-cache: {cfg.method} trains Task 1 with its own update; the "
+    require(cfg.method in TASK1_METHODS, f"--task1-cache: {cfg.method} trains Task 1 with its own update; the "
                                          f"cache is for {', '.join(TASK1_METHODS)}")
     if not os.path.exists(cfg.task1_cache):
-        return runfiles.check_writable(os.path.dirname(os.path.abspath(cfg.task1_cache)), "--task1-cache's folder")
+        return check_writable(os.path.dirname(os.path.abspath(cfg.task1_cache)), "--task1-cache's folder")
     try:
         old = torch.load(cfg.task1_cache, map_location="cpu", weights_only=False)["config"]
     except Exception as e:  # truncated or foreign file
         raise ValueError(f"--task1-cache {cfg.task1_cache} is unreadable ({type(e).__name__})") from None
-    free = set(TASK1_FREE_FIELDS) | set(runtime_fields)
-    diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
-            if k not in free and old.get(k) != v]
-    runfiles.require(not diff, f"--task1-cache {cfg.task1_cache} holds a Task 1 trained with another configuration "
+    diff = config_diff(old, cfg, set(TASK1_FREE_FIELDS) | set(runtime_fields))
+    require(not diff, f"--task1-cache {cfg.task1_cache} holds a Task 1 trained with another configuration "
                       f"({'; '.join(diff)})")
 
 

@@ -60,8 +60,9 @@ def frozen_copy(model):
 
 def distillation_target(teacher, sched, batch, generator=None):
     """Generative distillation as a regression: (x_t, t, cond, the teacher's output on them). The teacher sees the
-    noised replay sample x_t of diffusion.regression (the same t and eps draw the student will see), under no_grad."""
-    x_t, t, cond, _ = diffusion.regression(sched, batch, generator)  # Eq. (2); the data target is not used
+    noised replay sample x_t of DenoisingLoss.regression (the same t and eps draw the student will see), under
+    no_grad."""
+    x_t, t, cond, _ = diffusion.DenoisingLoss(sched).regression(batch, generator)  # Eq. (2); the data target unused
     with torch.no_grad():
         target = teacher(x_t, t, cond)  # (B, ...), in the run's prediction form
     return x_t, t, cond, target
@@ -74,19 +75,19 @@ def distillation_loss(student, teacher, sched, batch, generator=None):
     runs under no_grad, so the gradient flows through the student only.
     """
     x_t, t, cond, target = distillation_target(teacher, sched, batch, generator)
-    return diffusion.squared_error(student(x_t, t, cond), target)  # (B,)
+    return diffusion.DenoisingLoss.error(student(x_t, t, cond), target)  # (B,)
 
 
 def generative_replay_loss(model, sched, batch, generator=None):
     """Plain generative replay: the ordinary eps-prediction loss (Eq. 3) on generated samples. (B,)"""
-    return diffusion.batch_loss(model, sched, batch, generator)
+    return diffusion.DenoisingLoss(sched)(model, batch, generator)
 
 
 REPLAY_KINDS = ("distill", "generative")
 
 
 class ReplayLoss:
-    """The replay_loss_fn of a learner (meta_baselines.make_learner builds it): `loss(model, batch, generator=None)
+    """The replay_loss_fn of a learner (learners.make_learner builds it): `loss(model, batch, generator=None)
     -> (B,)`, and `loss.regression(batch, generator)` -> (x_t, t, cond, target) as diffusion.DenoisingLoss's. Kind
     "distill" needs the teacher at step time: the training script sets it at each task boundary with `set_teacher`
     (and checkpoints `teacher`); kind "generative" ignores it."""
@@ -101,12 +102,12 @@ class ReplayLoss:
 
     def __call__(self, model, batch, generator=None):
         x_t, t, cond, target = self.regression(batch, generator)  # generative_replay_loss | distillation_loss
-        return diffusion.squared_error(model(x_t, t, cond), target)  # (B,)
+        return diffusion.DenoisingLoss.error(model(x_t, t, cond), target)  # (B,)
 
     def regression(self, batch, generator=None):
         """(x_t, t, cond, target) of a replay batch: the data target (generative) or the teacher's output (distill)."""
         if self.kind == "generative":
-            return diffusion.regression(self.sched, batch, generator)
+            return diffusion.DenoisingLoss(self.sched).regression(batch, generator)
         if self.teacher is None:
             raise ValueError("distillation replay loss called before a teacher was set")
         return distillation_target(self.teacher, self.sched, batch, generator)

@@ -10,11 +10,11 @@ Appendix C.2.
     python train_cw10.py --bench --env-workers 2            # rollouts: serial, batched, worker processes; demos/s
     python train_cw10.py --compare RUN RUN ... --out paths.png   # Task 1's episodes after each task, a row per run
 Rerun the same command to resume a run that was stopped (Ctrl-C, kill -9): it continues from its last checkpoint
-and writes the same files an uninterrupted run writes. Training steps/s per method: meta_baselines.py --bench.
+and writes the same files an uninterrupted run writes. Training steps/s per method: python bench.py step.
 
 Pipeline (cw10_data.py holds the environment side): Meta-World 3.1.1 MT1 -v3 tasks with a fresh goal and object
 position at every reset -> scripted-expert demonstrations, collected in parallel and cached under data/ ->
-training windows -> the continual loop below (learner from meta_baselines.make_learner), scored by batched
+training windows -> the continual loop below (learner from learners.make_learner), scored by batched
 receding-horizon evaluation rollouts. Notation: S, O, A (sequence length, observation horizon, executed chunk),
 B batch, k task index, s step within the task (0-based); see cw10_data.py.
 
@@ -32,7 +32,7 @@ Deviations from the paper (the data's own are in cw10_data.py):
   (experiment.reset_optimizer); finetune's network then collapsed to a constant output and learned 2 of the ten
   tasks (results/cw10_medium_cpu/adam_carried).
 - --bf16 (forward passes under bf16 autocast) and --ema (a weight average, evaluated and kept at each task's end;
-  meta_baselines.WeightAverage) are ours, both off by default; the paper states neither.
+  learners.WeightAverage) are ours, both off by default; the paper states neither.
 """
 from __future__ import annotations
 
@@ -46,11 +46,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import bench
 import cw10_data
 import diffusion
 import experiment
 import fisher
-import meta_baselines
+import learners
 import metrics
 import replay
 import runfiles
@@ -87,9 +88,10 @@ class Config:
     replay_windows: int = 20  # replay samples kept per rollout (ours, bounds memory)
     inner_lr: float = 1e-4  # Table 4, SGD inner step of ftml / vrmcl
     vr_momentum: float = 0.15  # VR-MCL r (reference notes §3; not in the paper)
+    second_order: bool = False  # ftml/vrmcl: second-order meta-gradient (Section 4: first order)
     grad_clip: float = 0.0  # max gradient norm, 0 = off (not stated for CW10)
     ema: float = 0.0  # decay of a weight average that is evaluated and kept at each task's end (ours; 0 = off)
-    bf16: bool = False  # forward passes under bf16 autocast (issue 11; ours: the paper states no precision)
+    bf16: bool = False  # forward passes under bf16 autocast (ours: the paper states no precision)
     horizon: int = 8  # S, Section 4.2 / Table 5
     obs_horizon: int = 6  # O, Section 4.2 / Table 5
     action_chunk: int = 2  # A, Section 4.2 / Table 5
@@ -114,7 +116,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda[:i]
     threads: int = 0  # torch CPU threads (0 = torch's default)
     compile: str = "auto"  # torch.compile of the denoiser: auto (reduce-overhead on CUDA, off on CPU) | off | default
-    #   | reduce-overhead (meta_baselines.compile_denoiser)
+    #   | reduce-overhead (experiment.compile_denoiser)
     progress: bool = True  # tqdm bars
 
 
@@ -157,9 +159,9 @@ PRESETS = {
                   ddim_steps=2, eval_episodes=2, curve_episodes=2, rollout_batch=2, path_episodes=2, log_every=4,
                   checkpoint_every=3, workers=1, progress=False),
 }
-CHOICES = {"method": meta_baselines.METHODS, "model": tuple(MODELS), "lr_schedule": ("constant", "cosine"),
+CHOICES = {"method": learners.METHODS, "model": tuple(MODELS), "lr_schedule": ("constant", "cosine"),
            "prediction": diffusion.PREDICTIONS,
-           "fisher": fisher.FISHER_KINDS, "demo_keep": ("success", "all"), "compile": meta_baselines.COMPILE_MODES}
+           "fisher": fisher.FISHER_KINDS, "demo_keep": ("success", "all"), "compile": experiment.COMPILE_MODES}
 STREAM_TRAIN, STREAM_NOISE, STREAM_EVAL, STREAM_FISHER, STREAM_REPLAY = range(5)  # experiment.generator's last key
 
 
@@ -187,7 +189,7 @@ def validate(cfg: Config) -> None:
                       "vr_momentum", "grad_clip", "workers", "env_workers", "threads"), below_one=("ema",))
     tasks = task_list(cfg)
     runfiles.require(bool(tasks) and len(set(tasks)) == len(tasks),
-                       f"--tasks must name distinct tasks: {cfg.tasks!r}")
+                     f"--tasks must name distinct tasks: {cfg.tasks!r}")
     for t in tasks:
         runfiles.require(t in cw10_data.CW10, f"unknown task {t!r}; CW10 tasks are {', '.join(cw10_data.CW10)}")
     S, O, A = cfg.horizon, cfg.obs_horizon, cfg.action_chunk
@@ -196,12 +198,12 @@ def validate(cfg: Config) -> None:
     runfiles.require(O + A <= S + 1, f"O + A = {O + A} > S + 1 = {S + 1}: executed actions must fit in the horizon")
     runfiles.require(1 <= cfg.ddim_steps <= cfg.train_timesteps, f"--ddim-steps must be in 1..{cfg.train_timesteps}")
     runfiles.require(cfg.path_episodes <= cfg.eval_episodes,
-                       f"--path-episodes ({cfg.path_episodes}) must be at most --eval-episodes ({cfg.eval_episodes})")
+                     f"--path-episodes ({cfg.path_episodes}) must be at most --eval-episodes ({cfg.eval_episodes})")
     n_replay = replay_batch_size(cfg)
     runfiles.require(cfg.method not in ("ftml", "vrmcl") or (cfg.batch_size % 2 == 0 and n_replay % 2 == 0),
-                       f"{cfg.method} splits each batch into support and query halves: --batch-size "
-                       f"({cfg.batch_size}) and the replay batch ({n_replay}) must be even")
-    runfiles.require(not meta_baselines.uses_replay(cfg.method) or n_replay >= 1, "--replay-ratio gives no replay")
+                     f"{cfg.method} splits each batch into support and query halves: --batch-size "
+                     f"({cfg.batch_size}) and the replay batch ({n_replay}) must be even")
+    runfiles.require(not learners.uses_replay(cfg.method) or n_replay >= 1, "--replay-ratio gives no replay")
     metrics.curve_points(cfg.curve, max(cfg.steps_per_task, cfg.first_task_steps))  # ValueError if malformed
     runfiles.check_writable(cfg.data_dir, "the demo cache")
 
@@ -231,9 +233,9 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
     torch.manual_seed(cfg.seed)  # parameter init (the only use of the global RNG)
     model = build_model(cfg, device)
     learner, pool, teacher, state = experiment.start(folder, cfg, model, sched)
-    meta_baselines.compile_denoiser(model, cfg.compile)  # in place: parameters and state_dict keys are unchanged
+    experiment.compile_denoiser(model, cfg.compile)  # in place: parameters and state_dict keys are unchanged
     if teacher is not None:
-        meta_baselines.compile_denoiser(teacher, cfg.compile)
+        experiment.compile_denoiser(teacher, cfg.compile)
     log = folder.logger.log
     print(f"{cfg.method}: {len(tasks)} tasks ({sequence_name(tasks)}): {', '.join(tasks)}", flush=True)
 
@@ -295,16 +297,16 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
               + f" mean {np.mean(row):.3f} ({cfg.eval_episodes} episodes each)", flush=True)
         log({"kind": "eval", "global_step": state["global_step"], "task": k, "success": row})
         if k + 1 < len(tasks):
-            if meta_baselines.uses_fisher(cfg.method):
+            if learners.uses_fisher(cfg.method):
                 with torch.compiler.set_stance("force_eager"):  # torch.func transforms on the eager forward
                     F = fisher.estimate_on_task(
                         model, sched, data.get, len(data), cfg.fisher_samples, cfg.batch_size,
                         experiment.generator(cfg.seed, k, STREAM_FISHER),
                         experiment.generator(cfg.seed, k, STREAM_FISHER, 1, device=device), cfg.fisher, cfg.progress)
                 experiment.add_fisher(learner, F, log, k, state["global_step"])
-            if meta_baselines.uses_replay(cfg.method):
+            if learners.uses_replay(cfg.method):
                 teacher = replay.frozen_copy(model)  # an eager copy: compiled below like the model
-                meta_baselines.compile_denoiser(teacher, cfg.compile)
+                experiment.compile_denoiser(teacher, cfg.compile)
                 learner.replay_loss_fn.set_teacher(teacher)
                 g = experiment.generator(cfg.seed, k, STREAM_REPLAY, device=device)
                 _, records = cw10_data.run_episodes(teacher, sched, cfg, tasks[k], cfg.replay_rollouts,
@@ -379,55 +381,11 @@ def grid(cfg: Config, names: str, out: str, device) -> None:
     print(text)
 
 
-def bench(cfg: Config, device) -> None:
-    """rollout_batch evaluation episodes one at a time, batched in this process and batched in env_workers processes
-    (if > 0); demo collection in one process and with `workers`. Environments are built and the denoiser compiled
-    (cfg.compile) before the clock starts; both batched ways run the same episodes with the same noise."""
-    sched, task = diffusion.Schedule(cfg.train_timesteps, prediction=cfg.prediction), task_list(cfg)[0]
-    model = build_model(cfg, device)
-    mode = meta_baselines.compile_denoiser(model, cfg.compile)
-    lo, hi = cw10_data.obs_bounds(cw10_data.make_env(task, cfg.max_path_length))
-    par = f"batched in {cfg.env_workers} env workers"
-    ways = {"one at a time": (1, 0), "batched": (cfg.rollout_batch, 0)}
-    if cfg.env_workers:
-        ways[par] = (cfg.rollout_batch, cfg.env_workers)
-    seconds, success = {}, {}
-    for name, (batch, workers) in ways.items():
-        c, envs = dataclasses.replace(cfg, rollout_batch=batch), cw10_data.EnvPool(workers, cfg.max_path_length)
-        for T in (c.action_chunk, c.max_path_length):  # warm-up (one re-plan: build, compile), then timed
-            t0 = time.perf_counter()
-            success[name], _ = cw10_data.run_episodes(
-                model, sched, dataclasses.replace(c, max_path_length=T), task, cfg.rollout_batch,
-                cw10_data.EPISODES_EVAL, torch.Generator(device).manual_seed(0), envs, lo, hi, device)
-            seconds[name] = time.perf_counter() - t0
-        envs.close()
-    print(f"rollouts ({cfg.rollout_batch} {task} episodes x {cfg.max_path_length} steps, DDIM {cfg.ddim_steps}, model "
-          f"{cfg.model}, {device}, compile {mode}): " + ", ".join(
-              f"{name} {s:.1f}s ({seconds['one at a time'] / s:.2f}x)" for name, s in seconds.items())
-          + (f"; env workers / batched {seconds['batched'] / seconds[par]:.2f}x, same successes: "
-             f"{np.array_equal(success[par], success['batched'])}" if cfg.env_workers else ""))
-    workers = cfg.workers or os.cpu_count() or 1
-    sizes, rate, start = (4 * workers, 12 * workers), {}, {}
-    for w in sorted({1, workers}):  # two sizes: the difference of the wall times is free of the pool's start
-        wall = []
-        for n in sizes:
-            t0 = time.perf_counter()
-            cw10_data.collect_demos(dataclasses.replace(cfg, demo_keep="all", workers=w, demos_per_task=n,
-                                                        progress=False), task)
-            wall.append(time.perf_counter() - t0)
-        rate[w] = (sizes[1] - sizes[0]) / (wall[1] - wall[0])
-        start[w] = wall[0] - sizes[0] / rate[w]
-    print(f"demo collection ({task}, {cfg.max_path_length} steps per episode; {sizes[0]} and {sizes[1]} episodes): "
-          + ", ".join(f"{w} worker{'s' * (w > 1)} {rate[w]:.2f} episodes/s + {start[w]:.1f}s start" for w in rate)
-          + f" ({rate[workers] / rate[1]:.2f}x); 10 tasks x 2,500 demos in "
-            f"{10 * (start[workers] + 2500 / rate[workers]) / 60:.0f} min")
-
-
 def cpu_estimate(cfg: Config, device) -> str:
     """One line for whoever starts the paper's model on a CPU: the run's training time at this machine's step rate,
-    measured now (one step of the run's method through meta_baselines.bench, about a minute), and the CPU preset."""
-    seconds = meta_baselines.bench(model_name="unet1d_paper", batch_size=cfg.batch_size, rounds=1, device=device,
-                                   rows=(cfg.method,))[cfg.method][0]
+    measured now (one step of the run's method through bench.step_times, about a minute), and the CPU preset."""
+    seconds = bench.step_times(model_name="unet1d_paper", batch_size=cfg.batch_size, rounds=1, device=device,
+                               rows=(cfg.method,))[cfg.method][0]
     steps = sum(task_steps(cfg, k) for k in range(len(task_list(cfg))))
     hours = steps * seconds / 3600
     return (f"note: the paper's model on this CPU takes {seconds:.1f} s per {cfg.method} step (measured now), so "
@@ -452,7 +410,7 @@ def main(argv=None) -> None:
     validate(cfg)
     device = experiment.setup_torch(cfg.device, cfg.threads)
     if args.bench:
-        return bench(cfg, device)
+        return bench.cw10_rollouts(cfg, build_model(cfg, device), task_list(cfg)[0], device)
     out = args.out or experiment.default_out("cw10", args.preset, cfg)
     if args.grid:
         return grid(cfg, args.grid, out, device)

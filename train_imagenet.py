@@ -6,7 +6,7 @@
     python train_imagenet.py --bench                                         # DDIM sampling, FID features speed
     python train_imagenet.py --compare RUN RUN ... --out task1.png           # Task 1's samples, one row per run
 Rerun the same command to resume a run that was stopped (Ctrl-C, kill -9). Training steps/s per method:
-`python meta_baselines.py --bench --model unet2d_paper --batch 128`.
+`python bench.py step --model unet2d_paper --batch 128`.
 
 A label-conditioned UNet (unet.py) learns 10 tasks of 50 classes each, one after the other, with any of the six
 methods of Table 1, and is scored by FID (fid.py) as Tables 1-2 and Figure 2 do:
@@ -46,7 +46,7 @@ Deviations from the paper
   single-task curves in results/imagenet_curves_cpu/ (at the paper's lr 2e-4 and 50 classes per task nothing
   converges within a CPU budget).
 - --bf16 (forward passes under bf16 autocast) and --ema (a weight average, evaluated and kept at each task's end;
-  meta_baselines.WeightAverage) are ours, both off by default; the paper states neither.
+  learners.WeightAverage) are ours, both off by default; the paper states neither.
 """
 from __future__ import annotations
 
@@ -59,12 +59,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import bench
 import diffusion
 import experiment
 import image_data
 import fid
 import fisher
-import meta_baselines
+import learners
 import metrics
 import replay
 import runfiles
@@ -96,7 +97,7 @@ class Config:
     reset_optimizer: bool = False  # clear Adam's moments at each boundary (experiment.transition; paper: not
     #   stated); carried here: finetune's own-task FID-proxy (9-19) is replay's (results/imagenet_small_cpu)
     ema: float = 0.0  # decay of a weight average that is evaluated and kept at each task's end (ours; 0 = off)
-    bf16: bool = False  # forward passes under bf16 autocast (issue 11; ours: the paper states no precision)
+    bf16: bool = False  # forward passes under bf16 autocast (ours: the paper states no precision)
     fisher: str = "rank1"  # rank1 (Wang et al. 2026, the paper) | diag (classic EWC, for comparison)
     fisher_samples: int = 10_000  # Table 3: Fisher estimated over 10,000 samples per task
     fisher_batch: int = 64  # batch of the Fisher passes (memory only, same estimate)
@@ -108,6 +109,7 @@ class Config:
     replay_rebuild: bool = True  # regenerate every old task's pool at each boundary (authors' gr.py)
     inner_lr: float = 1e-4  # Table 3: inner SGD lr (ftml, vrmcl)
     vr_momentum: float = 0.15  # VR-MCL r (official run commands; reference notes §3)
+    second_order: bool = False  # ftml/vrmcl: second-order meta-gradient (Section 4: first order)
     prediction: str = "epsilon"  # the denoiser predicts: epsilon (Eq. 3, the paper) | sample (x0; ours, diffusion.py)
     ddim_steps: int = 50  # Appendix C.1.1: DDIM 50 inference steps (FID samples, grids)
     fid_samples: int = 2_500  # generated images per task for R[i][j] (50 per class)
@@ -126,7 +128,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda[:i]
     threads: int = 0  # torch CPU threads (0 = torch's default)
     compile: str = "auto"  # torch.compile of the denoiser: auto (reduce-overhead on CUDA, off on CPU) | off | default
-    #   | reduce-overhead (meta_baselines.compile_denoiser)
+    #   | reduce-overhead (experiment.compile_denoiser)
     progress: bool = True  # tqdm bars
     task1_cache: str = ""  # finetune/ewc/replay/tr: a file holding Task 1's end: written by the first run, read by the
     #   rest (they train Task 1 alike; the numbers are the same, the time is not): experiment.check_task1_cache
@@ -152,9 +154,9 @@ PRESETS = {
                   shapes_train_per_class=16, sample_batch=32, checkpoint_every=2, log_every=2, threads=1,
                   progress=False),
 }
-CHOICES = {"method": meta_baselines.METHODS, "dataset": ("imagenet32", "shapes"), "lr_schedule": ("constant", "cosine"),
+CHOICES = {"method": learners.METHODS, "dataset": ("imagenet32", "shapes"), "lr_schedule": ("constant", "cosine"),
            "model": ("paper", "small", "mini", "tiny"), "prediction": diffusion.PREDICTIONS,
-           "fisher": fisher.FISHER_KINDS, "compile": meta_baselines.COMPILE_MODES}
+           "fisher": fisher.FISHER_KINDS, "compile": experiment.COMPILE_MODES}
 GRID_CLASSES = 10  # sample grids show each task's first 10 classes, one image each (label_source cycles classes)
 # random streams (the last key of experiment.generator)
 STREAM_PERM, STREAM_TRAIN, STREAM_NOISE, STREAM_FISHER, STREAM_POOL, STREAM_FID, STREAM_CURVE = range(7)
@@ -169,26 +171,26 @@ def validate(cfg: Config) -> None:
         non_negative=("steps_per_task", "first_task_steps", "lr_warmup", "grad_clip", "lam", "beta", "replay_ratio",
                       "inner_lr", "vr_momentum", "threads"), below_one=("ema",))
     runfiles.require(cfg.image_size in ((32,) if cfg.dataset == "imagenet32" else (8, 16, 32)),
-                       f"--image-size {cfg.image_size}: imagenet32 is 32x32; shapes may be 8, 16 or 32")
+                     f"--image-size {cfg.image_size}: imagenet32 is 32x32; shapes may be 8, 16 or 32")
     max_classes = 1000 if cfg.dataset == "imagenet32" else 500
     runfiles.require(cfg.num_tasks * cfg.classes_per_task <= max_classes,
-                       f"--num-tasks x --classes-per-task must be <= {max_classes} for {cfg.dataset}")
+                     f"--num-tasks x --classes-per-task must be <= {max_classes} for {cfg.dataset}")
     n_replay = round(cfg.replay_ratio * cfg.batch_size)
     runfiles.require(cfg.method not in ("ftml", "vrmcl") or (cfg.batch_size % 2 == 0 and n_replay % 2 == 0),
-                       f"{cfg.method} splits each batch into support and query halves: --batch-size "
-                       f"({cfg.batch_size}) and the replay batch ({n_replay}) must be even")
-    runfiles.require(not meta_baselines.uses_replay(cfg.method) or n_replay >= 1, "--replay-ratio gives no replay")
+                     f"{cfg.method} splits each batch into support and query halves: --batch-size "
+                     f"({cfg.batch_size}) and the replay batch ({n_replay}) must be even")
+    runfiles.require(not learners.uses_replay(cfg.method) or n_replay >= 1, "--replay-ratio gives no replay")
     runfiles.require(cfg.ddim_steps <= 1000 and cfg.replay_ddim_steps <= 1000, "DDIM steps must be <= 1000")
     metrics.curve_points(cfg.curve, max(cfg.steps_per_task, cfg.first_task_steps) if cfg.steps_per_task else 10 ** 9)
     experiment.check_task1_cache(cfg, RUNTIME_FIELDS)
     if cfg.inception_weights:
         runfiles.require(os.path.isfile(cfg.inception_weights),
-                           f"--inception-weights {cfg.inception_weights}: no such file")
+                         f"--inception-weights {cfg.inception_weights}: no such file")
     if cfg.dataset == "imagenet32":
         missing = [f for f in image_data.IMAGENET32_TRAIN + image_data.IMAGENET32_VAL
                    if not (Path(cfg.data_dir) / f).is_file()]
         runfiles.require(not missing, f"missing {Path(cfg.data_dir) / missing[0]}: {image_data.IMAGENET32_HELP}"
-                           if missing else "")
+                         if missing else "")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -246,9 +248,9 @@ def check_fid_sample_counts(cfg: Config, dim: int, name: str) -> None:
               "--heldout-per-class x --classes-per-task": cfg.heldout_per_class * cfg.classes_per_task}
     low = [(k, v) for k, v in counts.items() if v <= dim]
     runfiles.require(not low or cfg.allow_rank_deficient_fid,
-                       f"{low[0][0]} = {low[0][1]} is not above the {dim}-d {name} features: the "
-                       f"covariance would be singular and FID biased upward; raise it or pass "
-                       f"--allow-rank-deficient-fid" if low else "")
+                     f"{low[0][0]} = {low[0][1]} is not above the {dim}-d {name} features: the "
+                     f"covariance would be singular and FID biased upward; raise it or pass "
+                     f"--allow-rank-deficient-fid" if low else "")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -290,9 +292,9 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
     torch.manual_seed(cfg.seed)  # parameter init (the only use of the global RNG)
     model = build_model(cfg, device)
     learner, pool, teacher, state = experiment.start(folder, cfg, model, sched)
-    meta_baselines.compile_denoiser(model, cfg.compile)  # in place: parameters and state_dict keys are unchanged
+    experiment.compile_denoiser(model, cfg.compile)  # in place: parameters and state_dict keys are unchanged
     if teacher is not None:
-        meta_baselines.compile_denoiser(teacher, cfg.compile)
+        experiment.compile_denoiser(teacher, cfg.compile)
     log, evaluator = folder.logger.log, Evaluator(cfg, extractor, heldout, sched, device)
     print(f"{cfg.method}: unet2d_{cfg.model} {unet.count_parameters(model) / 1e6:.2f}M params, {cfg.dataset} "
           f"{cfg.num_tasks} tasks x {cfg.classes_per_task} classes, steps/task {steps}, FID extractor "
@@ -360,16 +362,16 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
         image_data.save_task_grids(folder.out, state["samples"])
         log({"kind": "eval", "global_step": state["global_step"], "task": k, "fid": row})
         if k + 1 < cfg.num_tasks:
-            if meta_baselines.uses_fisher(cfg.method):
+            if learners.uses_fisher(cfg.method):
                 with torch.compiler.set_stance("force_eager"):  # torch.func transforms on the eager forward
                     F = fisher.estimate_on_task(
                         model, sched, lambda idx: to_batch(rows[idx.numpy()]), len(rows), cfg.fisher_samples,
                         cfg.fisher_batch, experiment.generator(cfg.seed, k, STREAM_FISHER),
                         experiment.generator(cfg.seed, k, STREAM_FISHER, 1, device=device), cfg.fisher, cfg.progress)
                 experiment.add_fisher(learner, F, log, k, state["global_step"])
-            if meta_baselines.uses_replay(cfg.method):
+            if learners.uses_replay(cfg.method):
                 teacher = replay.frozen_copy(model)  # an eager copy: compiled below like the model
-                meta_baselines.compile_denoiser(teacher, cfg.compile)
+                experiment.compile_denoiser(teacher, cfg.compile)
                 learner.replay_loss_fn.set_teacher(teacher)
                 labels, shape = replay.label_source(cfg.classes_per_task), (3, cfg.image_size, cfg.image_size)
                 kw = dict(
@@ -409,34 +411,6 @@ def write_summary(cfg: Config, folder, state: dict, extractor) -> dict:
 # bench and entry point
 
 
-def bench(cfg: Config, extractor, device) -> None:
-    """DDIM sampling and FID feature extraction images/s, each on one batch of sample_batch images."""
-    model = build_model(cfg, device)
-    mode = meta_baselines.compile_denoiser(model, cfg.compile)
-    labels, sched = torch.arange(cfg.sample_batch) % (cfg.num_tasks * cfg.classes_per_task), \
-        diffusion.Schedule(prediction=cfg.prediction)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for reps in (1, 3):  # the first call warms up
-        sync()
-        t0 = time.perf_counter()
-        generate(model, sched, labels, cfg.image_size, cfg.ddim_steps, torch.Generator(device).manual_seed(0),
-                 cfg.sample_batch, device)
-        sync()
-    print(f"DDIM-{cfg.ddim_steps} sampling, unet2d_{cfg.model}, batch {cfg.sample_batch}, {device}, compile {mode}: "
-          f"{cfg.sample_batch / (time.perf_counter() - t0):.1f} images/s")
-    extractors = [extractor] + ([fid.FeatureExtractor(fid.FIDInceptionV3(), "inception-random-weights", 2048, device)]
-                                if extractor.is_proxy else [])  # no weights file: time Inception's cost anyway
-    images = torch.randint(0, 256, (cfg.sample_batch, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
-    for ext in extractors:
-        ext.features(images[:8], batch_size=8)
-        sync()
-        t0 = time.perf_counter()
-        ext.features(images, batch_size=cfg.sample_batch)
-        sync()
-        print(f"FID features ({ext.name}, {ext.dim}-d), batch {cfg.sample_batch}, {device}: "
-              f"{cfg.sample_batch / (time.perf_counter() - t0):.1f} images/s")
-
-
 def main(argv=None) -> None:
     cfg, args = experiment.parse_config(Config, PRESETS, argv, __doc__.split("\n\n")[0], CHOICES, extra=[
         ("--bench", dict(action="store_true", help="time DDIM sampling and FID feature extraction, then exit")),
@@ -449,7 +423,7 @@ def main(argv=None) -> None:
     device = experiment.setup_torch(cfg.device, cfg.threads)
     extractor = fid.FeatureExtractor.load(cfg.inception_weights or None, device, force_proxy=cfg.fid_proxy)
     if args.bench:
-        return bench(cfg, extractor, device)
+        return bench.image_sampling(cfg, build_model(cfg, device), generate, extractor, device)
     shapes_proxy = extractor.is_proxy and cfg.dataset == "shapes"  # the proxy that sees shape: a classifier
     check_fid_sample_counts(cfg, *((fid.ClassifierFeatures.dim, fid.CLASSIFIER_PROXY_NAME) if shapes_proxy
                                    else (extractor.dim, extractor.name)))

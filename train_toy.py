@@ -8,7 +8,7 @@ in about a minute and a half on two CPU cores: for coursework and for checking t
 Rerun the same command to resume: finished runs are kept, a stopped run continues after its last finished task.
 
 Nothing of the method lives here: diffusion.py (Eq. 1-3, DDIM), fisher.py (rank-1 Fisher, Section 3.2),
-meta_baselines.make_learner (the six learners; Eq. 8-9 in trust_region.py), replay.py (pool, distillation),
+learners.make_learner (the six learners; Eq. 8-9 in trust_region.py), replay.py (pool, distillation),
 metrics.py (Tables 1-2, Figure 2), fid.py (the Frechet distance). This file adds the data, an MLP denoiser (the
 toy's stand-in for unet.py) and the wiring, in the order of train_imagenet.py and train_cw10.py.
 
@@ -58,7 +58,7 @@ import diffusion
 import experiment
 import fid
 import fisher
-import meta_baselines
+import learners
 import metrics
 import replay
 import runfiles
@@ -96,6 +96,8 @@ class Config:
     inner_lr: float = 1e-4  # Table 3: inner SGD lr (ftml, vrmcl)
     vr_momentum: float = 0.15  # VR-MCL r (official run commands)
     second_order: bool = False  # ftml/vrmcl: second-order meta-gradient (Section 4: first order)
+    ema: float = 0.0  # decay of a weight average that is evaluated and kept at each task's end (ours; 0 = off)
+    bf16: bool = False  # forward passes under bf16 autocast (ours: the paper states no precision)
     prediction: str = "epsilon"  # the denoiser predicts: epsilon (Eq. 3, the paper) | sample (x0; ours, diffusion.py)
     ddim_steps: int = 10  # DDIM steps of every score (Appendix C.1.1: 50)
     curve: str = "dense"  # Task-1 curve: dense (metrics.eval_schedule) | end | off | in-task steps "100,200"
@@ -121,10 +123,10 @@ LONGEST_FIRST = ("vrmcl", "ftml", "tr", "replay", "ewc", "finetune")  # queue or
 
 
 def method_list(cfg: Config) -> list[str]:
-    names = list(meta_baselines.METHODS) if cfg.method == "all" else [m.strip() for m in cfg.method.split(",")]
+    names = list(learners.METHODS) if cfg.method == "all" else [m.strip() for m in cfg.method.split(",")]
     for m in names:
-        runfiles.require(m in meta_baselines.METHODS, f"--method {m!r}: choose from "
-                                                        f"{', '.join(meta_baselines.METHODS)}, a comma list, or all")
+        runfiles.require(m in learners.METHODS, f"--method {m!r}: choose from "
+                                                        f"{', '.join(learners.METHODS)}, a comma list, or all")
     runfiles.require(len(set(names)) == len(names), f"--method names a method twice: {cfg.method!r}")
     return names
 
@@ -143,9 +145,9 @@ def validate(cfg: Config) -> None:
     n_replay = round(cfg.replay_ratio * cfg.batch_size)
     for m in methods:
         runfiles.require(m not in ("ftml", "vrmcl") or (cfg.batch_size % 2 == 0 and n_replay % 2 == 0),
-                           f"{m} splits each batch into support and query halves: --batch-size ({cfg.batch_size}) "
-                           f"and the replay batch ({n_replay}) must be even")
-        runfiles.require(not meta_baselines.uses_replay(m) or n_replay >= 1, "--replay-ratio gives no replay")
+                         f"{m} splits each batch into support and query halves: --batch-size ({cfg.batch_size}) "
+                         f"and the replay batch ({n_replay}) must be even")
+        runfiles.require(not learners.uses_replay(m) or n_replay >= 1, "--replay-ratio gives no replay")
     runfiles.require(cfg.ddim_steps <= 1000 and cfg.replay_ddim_steps <= 1000, "DDIM steps must be <= 1000")
     metrics.curve_points(cfg.curve, cfg.steps_per_task)
 
@@ -338,13 +340,13 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple[PointSet, Point
             print(f"{cfg.method} s{cfg.seed} after task {k + 1}: FD " + " ".join(f"{v:.1f}" for v in row)
                   + " | SW " + " ".join(f"{v:.1f}" for v in row_sw), flush=True)
         if k + 1 < cfg.num_tasks:
-            if meta_baselines.uses_fisher(cfg.method):
+            if learners.uses_fisher(cfg.method):
                 F = fisher.estimate_on_task(
                     model, sched, lambda idx: to_batch(rows[idx]), len(rows), cfg.fisher_samples, cfg.fisher_batch,
                     experiment.generator(cfg.seed, k, STREAM_FISHER),
                     experiment.generator(cfg.seed, k, STREAM_FISHER, 1, device=device), cfg.fisher, cfg.progress)
                 experiment.add_fisher(learner, F, log, k, state["global_step"])
-            if meta_baselines.uses_replay(cfg.method):
+            if learners.uses_replay(cfg.method):
                 teacher = replay.frozen_copy(model)
                 learner.replay_loss_fn.set_teacher(teacher)
                 kwargs = dict(batch_size=cfg.replay_per_task, steps=cfg.replay_ddim_steps, progress=False,

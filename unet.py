@@ -43,7 +43,7 @@ levels except the first (two blocks each, skip concatenation, ConvTranspose1d x2
 That is 6 + 2 + 4 = 12 FiLM residual blocks, as the paper states. As in Diffusion Policy, the up path has one
 level fewer than the down path, so the first level's output (left on the skip list) is never concatenated back.
 
-Parameter counts (python unet.py; exact, with torch default layers):
+Parameter counts (python bench.py unet --counts-only; exact, with torch default layers):
     unet2d_paper(num_classes=500)  38,639,107   paper 37.45M  (+3.2%); diffusers 0.42.1 UNet2DModel with these
                                                 channels and num_class_embeds=500: 38,639,107 (reference notes §6)
     unet1d_paper()                 83,264,772   paper 83.27M  (-0.01%)
@@ -63,7 +63,6 @@ Deviations from the paper:
   4,200,448 at C=1024; the network without attention has 73,812,228.)
 """
 import math
-import time
 
 import torch
 import torch.nn as nn
@@ -486,73 +485,3 @@ def unet2d_mini(num_classes: int | None = None, in_channels: int = 3) -> UNet2D:
     Image sides must be multiples of 4. The image `small` preset's model (results/imagenet_curves_cpu/)."""
     return UNet2D(in_channels, (16, 32, 32), layers_per_block=1, attention_levels=(2,), num_classes=num_classes,
                   norm_groups=8)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Entry point: parameter counts and forward+backward timings
-
-
-def time_train_step(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
-                    reps: int) -> float:
-    """Median seconds of one forward + backward of the mean squared output (no optimizer), after one warm-up."""
-    times = []
-    for _ in range(reps + 1):
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        model(x, t, cond).square().mean().backward()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        model.zero_grad(set_to_none=True)
-    return sorted(times[1:])[reps // 2]
-
-
-BENCH_MODELS = ["unet1d_paper", "unet2d_paper", "unet1d_tiny", "unet2d_tiny"]
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Print parameter counts of the paper denoisers; --bench times them.")
-    parser.add_argument("--bench", action="store_true", help="time forward+backward of the paper configurations")
-    parser.add_argument("--device", default="cpu", help="torch device for --bench (cpu, cuda)")
-    parser.add_argument("--reps", type=int, default=5, help="timed repetitions (median reported)")
-    parser.add_argument("--batch-1d", type=int, default=256, help="batch for unet1d_paper (Table 4: 256)")
-    parser.add_argument("--batch-2d", type=int, default=16, help="batch for unet2d_paper (Table 3: 128)")
-    parser.add_argument("--models", nargs="+", default=BENCH_MODELS, choices=BENCH_MODELS, help="what --bench times")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for --bench (0: torch default)")
-    args = parser.parse_args(argv)
-    if args.threads < 0 or min(args.reps, args.batch_1d, args.batch_2d) < 1:
-        parser.error("--threads must be >= 0; --reps and the batch sizes >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    builders = {"unet2d_paper(num_classes=500)": (unet2d_paper, 37.45e6),
-                "unet1d_paper(obs_dim=39, obs_horizon=6, action_dim=4, horizon=8)": (unet1d_paper, 83.27e6)}
-    for name, (build, paper) in builders.items():
-        with torch.device("meta"):  # count without allocating
-            n = count_parameters(build())
-        print(f"{name}: {n:,} parameters (paper {paper / 1e6:.2f}M, {100 * (n - paper) / paper:+.2f}%)")
-    if not args.bench:
-        return
-    dev = torch.device(args.device)
-    torch.manual_seed(0)
-    b1, b2 = args.batch_1d, args.batch_2d
-    cases = {  # name -> (builder, x, cond); built only when selected
-        "unet1d_paper": (unet1d_paper, torch.randn(b1, 8, 4), torch.randn(b1, 6, 39)),
-        "unet2d_paper": (unet2d_paper, torch.randn(b2, 3, 32, 32), torch.randint(0, 500, (b2,))),
-        "unet1d_tiny": (unet1d_tiny, torch.randn(8, 8, 4), torch.randn(8, 6, 39)),
-        "unet2d_tiny": (unet2d_tiny, torch.randn(8, 3, 32, 32), None),
-    }
-    print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, fp32, median of {args.reps}")
-    for name in args.models:
-        build, x, cond = cases[name]
-        model = build().to(dev)
-        t = torch.randint(0, 1000, (x.shape[0],), device=dev)
-        sec = time_train_step(model, x.to(dev), t, None if cond is None else cond.to(dev), args.reps)
-        print(f"{name}: batch {x.shape[0]} x {tuple(x.shape[1:])}: forward+backward {1000 * sec:.1f} ms "
-              f"({1 / sec:.1f} it/s)")
-
-
-if __name__ == "__main__":
-    main()

@@ -156,7 +156,7 @@ def test_every_config_field_has_a_flag_and_table4_defaults():
 # end to end
 
 
-@pytest.mark.parametrize("method", cw.meta_baselines.METHODS)
+@pytest.mark.parametrize("method", cw.learners.METHODS)
 def test_smoke_every_method(method, smoke_run):
     out = smoke_run(method)
     summary = json.loads((out / "summary.json").read_text())
@@ -167,9 +167,9 @@ def test_smoke_every_method(method, smoke_run):
     assert "R[i][j]" in (out / "summary.md").read_text()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in records} >= {"train", "curve", "eval"}
-    if cw.meta_baselines.uses_fisher(method):
+    if cw.learners.uses_fisher(method):
         assert any(r["kind"] == "fisher" for r in records)
-    if cw.meta_baselines.uses_replay(method):
+    if cw.learners.uses_replay(method):
         assert any(r["kind"] == "replay" for r in records)
     assert json.loads((out / "config.json").read_text())["method"] == method
 
@@ -277,7 +277,7 @@ def test_paper_config_on_a_cpu_says_how_long_before_collecting_demos(tmp_path, m
     def demos(*args):
         raise DemosStarted
 
-    monkeypatch.setattr(cw.meta_baselines, "bench", bench)
+    monkeypatch.setattr(cw.bench, "step_times", bench)
     monkeypatch.setattr(cw10_data, "ensure_demos", demos)
     with pytest.raises(DemosStarted):
         cw.main(["--method", "tr", "--device", "cpu", "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path)])

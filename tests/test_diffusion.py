@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from diffusion import (Schedule, batch_loss, ddim_sample, ddim_timesteps, draw_noise, denoising_loss,
+from diffusion import (DenoisingLoss, Schedule, ddim_sample, ddim_timesteps, draw_noise,
                        q_sample, with_noise)
 
 
@@ -53,18 +53,17 @@ def test_eps_loss_is_per_sample_and_reproducible():
     model = TinyDenoiser(2 * 4)
     x0 = torch.randn(6, 2, 4)
     cond = torch.randint(0, 3, (6,))
-    l1 = denoising_loss(model, s, x0, cond, generator=torch.Generator().manual_seed(3))
-    l2 = denoising_loss(model, s, x0, cond, generator=torch.Generator().manual_seed(3))
+    l1 = DenoisingLoss(s)(model, (x0, cond), torch.Generator().manual_seed(3))
+    l2 = DenoisingLoss(s)(model, (x0, cond), torch.Generator().manual_seed(3))
     assert l1.shape == (6,)
     torch.testing.assert_close(l1, l2)
     noisy = with_noise(s, (x0, cond), torch.Generator().manual_seed(3))
-    torch.testing.assert_close(batch_loss(model, s, noisy), l1)
+    torch.testing.assert_close(DenoisingLoss(s)(model, noisy), l1)
     # a per-sample loss: sample i depends only on sample i
-    torch.testing.assert_close(batch_loss(model, s, tuple(v[:2] for v in noisy)), l1[:2])
-    with pytest.raises(ValueError, match="both t and eps"):
-        denoising_loss(model, s, x0, cond, t=noisy[2])
-    with pytest.raises(ValueError, match="batch is"):
-        batch_loss(model, s, (x0,))
+    torch.testing.assert_close(DenoisingLoss(s)(model, tuple(v[:2] for v in noisy)), l1[:2])
+    for partial in ((x0,), (x0, cond, noisy[2])):  # t without eps, or a lone x0
+        with pytest.raises(ValueError, match="batch is"):
+            DenoisingLoss(s)(model, partial)
 
 
 def test_ddim_timesteps_leading():
@@ -110,13 +109,13 @@ def test_eps_loss_decreases_when_training():
     model = TinyDenoiser(2)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     eval_batch = with_noise(s, (data, cond), torch.Generator().manual_seed(99))
-    before = batch_loss(model, s, eval_batch).mean().item()
+    before = DenoisingLoss(s)(model, eval_batch).mean().item()
     g = torch.Generator().manual_seed(0)
     for _ in range(300):
         opt.zero_grad()
-        batch_loss(model, s, (data, cond), g).mean().backward()
+        DenoisingLoss(s)(model, (data, cond), g).mean().backward()
         opt.step()
-    after = batch_loss(model, s, eval_batch).mean().item()
+    after = DenoisingLoss(s)(model, eval_batch).mean().item()
     assert after < 0.7 * before
 
 
@@ -214,8 +213,8 @@ def test_x0_loss_is_the_snr_weighted_eps_loss():
     eps = torch.randn(7, 2, 4, generator=gen, dtype=torch.float64)
     cond = torch.tensor([0, 1, 2, 0, 1, 2, 0])
     t = torch.tensor([0, 1, 50, 300, 600, 900, 999])
-    l_x0 = denoising_loss(f, s_x0, x0, cond, t, eps)
-    l_eps = denoising_loss(g, s_eps, x0, cond, t, eps)
+    l_x0 = DenoisingLoss(s_x0)(f, (x0, cond, t, eps))
+    l_eps = DenoisingLoss(s_eps)(g, (x0, cond, t, eps))
     ab = s_eps.alpha_bar[t]
     torch.testing.assert_close(l_eps, ab / (1 - ab) * l_x0, rtol=1e-10, atol=0)
     x_t = ab.sqrt().reshape(-1, 1, 1) * x0 + (1 - ab).sqrt().reshape(-1, 1, 1) * eps   # Eq. (2) by hand
@@ -349,7 +348,7 @@ def test_eps_loss_equals_eq3_written_out():
     eps = torch.randn(5, 3, 2, generator=g, dtype=torch.float64)
     cond = torch.tensor([0, 1, 2, 1, 0])
     t = torch.tensor([0, 1, 250, 700, 999])
-    loss = batch_loss(model, s, (x0, cond, t, eps))
+    loss = DenoisingLoss(s)(model, (x0, cond, t, eps))
     for i in range(5):
         ab = math.prod(1 - (1e-4 + (0.02 - 1e-4) * k / 999) for k in range(t[i].item() + 1))
         x_t = math.sqrt(ab) * x0[i:i + 1] + math.sqrt(1 - ab) * eps[i:i + 1]

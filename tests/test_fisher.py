@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from diffusion import Schedule, batch_loss, with_noise
+from diffusion import DenoisingLoss, Schedule, with_noise
 import fisher
 from fisher import DiagonalFisher, Rank1Fisher, flat_params, flatten, params_list, unflatten
 
@@ -37,7 +37,7 @@ def make_problem(seed=0, n_batches=3, B=5):
         x0 = torch.rand(B, 3, 6, 6, generator=g, dtype=torch.float64) * 2 - 1
         y = torch.randint(0, 4, (B,), generator=g)
         batches.append(with_noise(s, (x0, y), g))          # fixed t and eps
-    loss = lambda m, b: batch_loss(m, s, b)
+    loss = DenoisingLoss(s)
     return model, loss, batches
 
 

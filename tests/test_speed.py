@@ -1,6 +1,5 @@
-"""Tests of the fast paths (issue 11): the compiled denoiser against the eager reference for all six methods, and
+"""Tests of the fast paths: the compiled denoiser against the eager reference for all six methods, and
 environments stepped in worker processes against the same environments stepped in this process."""
-import argparse
 import dataclasses
 
 import numpy as np
@@ -10,7 +9,8 @@ import torch
 import cw10_data
 import diffusion
 import fisher
-import meta_baselines as mb
+import experiment
+import learners
 import replay
 import train_cw10
 import train_imagenet
@@ -26,16 +26,16 @@ def test_compile_flag_falls_back_to_eager_on_cpu():
     rejected. Catches: auto compiling on the CPU, or a teacher that still calls the student's compiled forward
     (copy.deepcopy keeps the wrapper of the original's _call_impl)."""
     model = unet.unet1d_tiny()
-    assert mb.compile_denoiser(model, "auto") == "off" and model._compiled_call_impl is None
-    assert mb.compile_denoiser(model, "off") == "off" and model._compiled_call_impl is None
+    assert experiment.compile_denoiser(model, "auto") == "off" and model._compiled_call_impl is None
+    assert experiment.compile_denoiser(model, "off") == "off" and model._compiled_call_impl is None
     names = list(model.state_dict())
-    assert mb.compile_denoiser(model, "default") == "default" and model._compiled_call_impl is not None
+    assert experiment.compile_denoiser(model, "default") == "default" and model._compiled_call_impl is not None
     assert list(model.state_dict()) == names  # in place: checkpoints keep their keys
     teacher = replay.frozen_copy(model)
     assert teacher._compiled_call_impl is None
     assert all(p.data_ptr() != q.data_ptr() for p, q in zip(model.parameters(), teacher.parameters()))
     with pytest.raises(ValueError, match="unknown compile mode"):
-        mb.compile_denoiser(model, "max-speed")
+        experiment.compile_denoiser(model, "max-speed")
     for script in (train_cw10, train_imagenet):
         assert script.Config().compile == "auto" and "compile" in script.RUNTIME_FIELDS
         with pytest.raises(SystemExit):
@@ -50,9 +50,9 @@ def _train_steps(method: str, compiled: bool, device, steps: int = 3, dt=torch.f
     torch.manual_seed(0)
     model = unet.unet1d_tiny().to(device, dt)
     initial = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu()
-    cfg = argparse.Namespace(lr=1e-3, lam=100.0, inner_lr=1e-2, bf16=bf16)  # inner_lr 1e-2: U(theta) far from theta
-    learner = mb.make_learner(method, model, sched, cfg)
-    if mb.uses_fisher(method):  # an old task's rank-1 Fisher anchored at the initial parameters
+    learner = learners.make_learner(method, model, sched, lr=1e-3, lam=100.0, inner_lr=1e-2,  # inner_lr 1e-2:
+                                    bf16=bf16)                                  # U(theta) far from theta
+    if learners.uses_fisher(method):  # an old task's rank-1 Fisher anchored at the initial parameters
         theta = fisher.flat_params(model)
         mu = torch.randn(theta.shape, generator=torch.Generator().manual_seed(1), dtype=dt).to(device) * 1e-2
         learner.add_fisher(fisher.Rank1Fisher(mu, 1.0, float(mu @ theta)))
@@ -61,14 +61,14 @@ def _train_steps(method: str, compiled: bool, device, steps: int = 3, dt=torch.f
         torch._dynamo.reset()  # forget other tests' graphs: this run must compile its own
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     if compiled:
-        mb.compile_denoiser(model, mode)
+        experiment.compile_denoiser(model, mode)
     if learner.replay_loss_fn is not None:
         teacher = replay.frozen_copy(model)
         with torch.no_grad():  # a teacher that differs from the student, so distillation has a gradient
             for p in teacher.parameters():
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2), dtype=dt).to(device))
         if compiled:
-            mb.compile_denoiser(teacher, mode)
+            experiment.compile_denoiser(teacher, mode)
         learner.replay_loss_fn.set_teacher(teacher)
     g = torch.Generator().manual_seed(3)
     for s in range(steps):
@@ -76,7 +76,7 @@ def _train_steps(method: str, compiled: bool, device, steps: int = 3, dt=torch.f
                  torch.randn(8, 6, 39, generator=g, dtype=dt).to(device))  # (B, S, 4), (B, O, 39)
         replay_batch = (torch.randn(8, 8, 4, generator=g, dtype=dt).to(device),
                         torch.randn(8, 6, 39, generator=g, dtype=dt).to(device))
-        logs = learner.step(batch, replay_batch if mb.uses_replay(method) else None,
+        logs = learner.step(batch, replay_batch if learners.uses_replay(method) else None,
                             torch.Generator(device).manual_seed(s), log_terms=s == steps - 1)
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu()
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
@@ -84,7 +84,7 @@ def _train_steps(method: str, compiled: bool, device, steps: int = 3, dt=torch.f
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", mb.METHODS)
+@pytest.mark.parametrize("method", learners.METHODS)
 def test_compiled_step_equals_eager(method):
     """Three steps compiled (torch.compile "default" on the CPU, "reduce-overhead" on CUDA) and eager from the same
     init and batches give the same parameters: max |theta_compiled - theta_eager| <= 2e-6 in float64, where the

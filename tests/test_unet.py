@@ -326,22 +326,3 @@ def test_each_network_uses_its_own_step_encoding():
     with torch.no_grad():
         expected = two_d.mlp(unet.sinusoidal_embedding(t, two_d.dim, True, 0))
     torch.testing.assert_close(two_d(t), expected)
-
-
-def test_main_prints_counts(capsys):
-    unet.main([])
-    out = capsys.readouterr().out
-    assert "38,639,107" in out and "83,264,772" in out
-
-
-def test_main_bench_tiny_and_bad_flags(capsys):
-    threads = torch.get_num_threads()
-    try:
-        unet.main(["--bench", "--models", "unet1d_tiny", "unet2d_tiny", "--reps", "1", "--threads", "1"])
-    finally:
-        torch.set_num_threads(threads)  # --threads sets a process-wide torch setting
-    out = capsys.readouterr().out
-    assert "unet1d_tiny: batch 8 x (8, 4): forward+backward" in out and "unet2d_tiny: batch 8" in out
-    with pytest.raises(SystemExit) as exc:
-        unet.main(["--reps", "0"])
-    assert exc.value.code == 2
