@@ -19,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = {"diffusion.py": "tests/test_diffusion.py", "fisher.py": "tests/test_fisher.py",
-         "trust_region.py": "tests/test_trust_region.py", "replay.py": "tests/test_replay.py",
+         "trust_region.py": "tests/test_trust_region.py tests/test_derivation.py",  # Eq. 10's terms: derivation's toys
+         "derivation.py": "tests/test_derivation.py", "replay.py": "tests/test_replay.py",
          "meta_baselines.py": "tests/test_meta_baselines.py"}
 
 BUGS = [
@@ -72,7 +73,7 @@ BUGS = [
      "the last batch of Fisher items dropped"),
     ("fisher.py", "lo <= r[0] < hi", "lo < r[0] <= hi", "diagnostic bands (lo, hi] instead of [lo, hi)"),
     ("fisher.py", "d / (sq ** 0.5 + 1e-300)", "d / (sq + 1e-300)", "mean_cos divided by ||g_i||^2"),
-    # trust_region.py: Eq. (6), (8)-(10), the training step, Section 3.3
+    # trust_region.py: Eq. (6), (8)-(10), the training step; derivation.py: Section 3.3 on toys
     ("trust_region.py", "(max_norm / (norm + 1e-6)).clamp(max=1.0)", "(max_norm / (norm + 1e-6))",
      "gradient clipping without the clamp: small gradients scaled up"),
     ("trust_region.py", "torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))",
@@ -93,8 +94,8 @@ BUGS = [
      "the joint call given the current batch twice"),
     ("trust_region.py", "th_adapted = (th - alpha * g_tr)", "th_adapted = (th + alpha * g_tr)",
      "MAML inner step going uphill"),
-    ("trust_region.py", "@ evecs[:, -1])", "@ evecs[:, 0])", "cos(u, v) with the smallest eigenvalue's eigenvector"),
-    ("trust_region.py", "@ evecs[:, -1])", "@ evecs[-1])", "cos(u, v) with a row of eigh's matrix, not an eigenvector"),
+    ("derivation.py", "@ evecs[:, -1])", "@ evecs[:, 0])", "cos(u, v) with the smallest eigenvalue's eigenvector"),
+    ("derivation.py", "@ evecs[:, -1])", "@ evecs[-1])", "cos(u, v) with a row of eigh's matrix, not an eigenvector"),
     # replay.py: the pool and the replay losses
     ("replay.py", "cs.append(self.cond[task_id][idx.to(self.storage_device)])",
      "cs.append(self.cond[task_id][torch.randint(self.cond[task_id].shape[0], (count,), generator=generator)])",
@@ -135,7 +136,7 @@ def copy_tree(dest: Path) -> None:
 
 
 def run_tests(tree: Path, test_file: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", test_file],
+    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *test_file.split()],
                           cwd=tree, capture_output=True, text=True)
 
 
