@@ -60,7 +60,6 @@ EXPERIMENTS = {"cw10": ("train_cw10.py", ("summary.json",), True),
                "toy": ("train_toy.py", ("summary.json", os.path.join("sw", "summary.json")), False)}
 OWNED = ("--preset", "--method", "--seed", "--out", "--seeds", "--workers")  # set by the sweep, not after --
 RETRY = "retry"  # a handle's poll(): the run's folder was busy, try it again
-_LIBC = ctypes.CDLL(None)  # prctl, on Linux
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,8 +242,9 @@ def child_setup() -> None:
     """In the run's process before exec: Slurm's warning signal (USR2) is for submitit only, and the run gets
     SIGTERM when its parent (the sweep, the submitit job) dies."""
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    if hasattr(_LIBC, "prctl"):
-        _LIBC.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    libc = ctypes.CDLL(None)
+    if hasattr(libc, "prctl"):  # Linux
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
 def start_process(cmd, env, log: str, cwd: str) -> subprocess.Popen:
