@@ -1,5 +1,6 @@
 """Continual World 10 data for train_cw10.py: Meta-World environments, scripted-expert demonstrations, training
-windows and batched receding-horizon rollouts (paper Section 4.2, Appendix C.2; reference notes §4-5).
+windows and batched receding-horizon rollouts (paper Section 4.2, Appendix C.2; Continual World,
+awarelab/continual_world; metaworld 3.1.1; Diffusion Policy, real-stanford/diffusion_policy).
 
 Where the time goes: expert demonstrations are collected by a pool of worker processes (`collect_demos`, Config
 `workers`); the rollouts' environments are stepped in this process or by worker processes (`EnvPool`, Config
@@ -12,19 +13,18 @@ Notation: S sequence length (action horizon), O observation horizon, A executed 
 dims, D_a = 4 action dims, T episode length. A window holds observations o_{s..s+O-1} and actions a_{s..s+S-1};
 a_t is the expert's action at o_t. At run time the policy sees the last O observations (o_t the newest, position
 O-1), samples S actions with DDIM and executes positions O-1 .. O-1+A-1, i.e. a_t .. a_{t+A-1}, then re-plans
-(Diffusion Policy's convention, reference notes §5).
+(Diffusion Policy's convention: its MultiStepWrapper, real-stanford/diffusion_policy).
 
 Deviations from the paper:
 - paper: Meta-World v1 tasks (Continual World); here: the -v3 versions, the only ones in metaworld 3.1.1.
 - paper: "2500 trajectories per task" of the scripted experts; here: 2,500 *successful* trajectories per task
   (failed expert episodes are discarded; demo_keep "all" keeps them). The experts fail on up to 31% of
-  push-back episodes (reference notes §4); imitating a failure teaches it.
+  push-back episodes (metaworld 3.1.1's policies: 69 of 100 here); imitating a failure teaches it.
 - paper: observation normalisation unspecified; here: fixed bounds from the environment, not data (`obs_bounds`).
 """
 from __future__ import annotations
 
 import functools
-import json
 import multiprocessing
 import os
 import signal
@@ -40,14 +40,14 @@ from tqdm import tqdm
 import diffusion
 import runfiles
 
-# Continual World's CW10 order (awarelab/continual_world tasks.py; reference notes §4), as Meta-World v3 names.
+# Continual World's CW10 order (awarelab/continual_world, continualworld/tasks.py), as Meta-World v3 names.
 CW10 = ("hammer", "push-wall", "faucet-close", "push-back", "stick-pull", "handle-press-side", "push",
         "shelf-place", "window-close", "peg-unplug-side")
 OBS_DIM, ACT_DIM = 39, 4  # Appendix C.2.2
 EPISODES_DEMO, EPISODES_EVAL, EPISODES_REPLAY = range(3)  # environment-seed kinds: distinct episodes for each use
 
 # ----------------------------------------------------------------------------------------------------------------
-# environments (reference notes §4: metaworld 3.1.1 facts)
+# environments (metaworld 3.1.1: MT1, set_task, env.seed, max_path_length)
 
 
 def _mujoco_warning(message: str) -> None:
@@ -139,8 +139,8 @@ def normalise_obs(obs, lo, hi):
 def collect_episodes(task: str, seeds, max_path_length: int):
     """Roll out the task's scripted expert for each seed. Returns obs (n, T, 39), actions (n, T, 4), success (n,).
 
-    obs[t] is the observation at which actions[t] was taken; actions are clipped to [-1, 1] (the experts exceed it;
-    reference notes §4). An episode succeeds if any step has info["success"] (Continual World's rule).
+    obs[t] is the observation at which actions[t] was taken; actions are clipped to [-1, 1] (metaworld 3.1.1's
+    experts exceed it). An episode succeeds if any step has info["success"] (Continual World's rule).
     """
     from metaworld.policies import ENV_POLICY_MAP
     env, policy, T = make_env(task, max_path_length), ENV_POLICY_MAP[f"{task}-v3"](), max_path_length
@@ -179,7 +179,7 @@ def collect_demos(cfg, task: str) -> dict:
     try:
         while len(kept) < n:
             runfiles.require(attempted <= 4 * n + 100, f"{task}: the expert succeeded on only {len(kept)} of "
-                                                          f"{attempted} episodes")
+                                                            f"{attempted} episodes")
             budget = n - len(kept) if cfg.demo_keep == "all" else int((n - len(kept)) * 1.15) + workers
             jobs = [(task, episode_seeds(EPISODES_DEMO, cfg.demo_seed, task, a, min(chunk, attempted + budget - a)), T)
                     for a in range(attempted, attempted + budget, chunk)]
@@ -209,9 +209,9 @@ def load_demos(cfg, task: str) -> dict:
     n, T = cfg.demos_per_task, cfg.max_path_length
     for key, shape in {"obs": (n, T, OBS_DIM), "actions": (n, T, ACT_DIM), "success": (n,), "seeds": (n,)}.items():
         runfiles.require(key in d and d[key].shape == shape,
-                           f"corrupt demo cache {path} ({key} missing or not of shape {shape}); delete it")
+                         f"corrupt demo cache {path} ({key} missing or not of shape {shape}); delete it")
     runfiles.require(str(d.get("task")) == task and np.isfinite(d["obs"]).all() and np.abs(d["actions"]).max() <= 1,
-                       f"corrupt demo cache {path} (wrong task or values); delete it to collect again")
+                     f"corrupt demo cache {path} (wrong task or values); delete it to collect again")
     return d
 
 
@@ -429,98 +429,3 @@ def run_episodes(model, sched, cfg, task, n, kind, generator, envs: EnvPool, lo,
         records.append(rec)
     model.train(was_training)
     return np.concatenate(successes), records
-
-# ----------------------------------------------------------------------------------------------------------------
-# Task 1's paths after each task: forgetting you can see (the image experiment's sample grids, for a policy)
-
-# Meta-World's observation layout (reference notes §4): hand xyz, gripper, object xyz + quaternion, a second object,
-# the previous frame, goal xyz (36:39)
-HAND, OBJECT, GOAL = slice(0, 3), slice(4, 7), slice(36, 39)
-
-
-def task_paths(paths: list, n: int, max_path_length: int) -> dict:
-    """The first n episodes of rollout(paths=...)'s list as {"xyz": (n, T+1, 9) float32 tensor of hand, object and
-    goal positions, "success": (n,) bool tensor}. An episode that stopped at its success keeps its last observation
-    for the remaining steps (the environment was not stepped any more)."""
-    xyz, ok = [], []
-    for trace, success in paths:
-        pad = np.repeat(trace[:, -1:], max_path_length + 1 - trace.shape[1], axis=1)
-        full = np.concatenate([trace, pad], axis=1)  # (m, T+1, 39)
-        xyz.append(np.concatenate([full[..., HAND], full[..., OBJECT], full[..., GOAL]], axis=-1))
-        ok.append(success)
-    return {"xyz": torch.from_numpy(np.concatenate(xyz)[:n].astype(np.float32)),
-            "success": torch.from_numpy(np.concatenate(ok)[:n])}
-
-
-def plot_paths(out: str, rows: list[list[dict]], row_names: list[str], col_names: list[str], title: str) -> None:
-    """PNG (atomic) of Task 1's episodes seen from above (x, y), rows[r][c] = task_paths' dict or None (blank): per
-    episode, one colour: the hand's path (thin), the object's path (dashed, a dot where it started), the goal (star)
-    and where the object ended (a filled circle if the episode succeeded, a cross if not). Same axes everywhere."""
-    import matplotlib  # local, as metrics.plot_figure2
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cells = [c for row in rows for c in row if c is not None]
-    pts = np.concatenate([c["xyz"].numpy().reshape(-1, 3, 3)[:, :, :2].reshape(-1, 2) for c in cells])
-    lo, hi = pts.min(0) - 0.02, pts.max(0) + 0.02
-    ncol = len(col_names)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.7 * ncol + 1.0, 1.7 * len(rows) + 0.7), squeeze=False)
-    for r, row in enumerate(rows):
-        for c in range(ncol):
-            ax, cell = axes[r][c], row[c] if c < len(row) else None
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(row_names[r], fontsize=8)
-            if cell is None:
-                ax.set_frame_on(False)
-                continue
-            xyz, ok = cell["xyz"].numpy(), cell["success"].numpy()
-            for e in range(len(xyz)):
-                color = plt.cm.tab10(e % 10)
-                hand, obj, goal = xyz[e, :, 0:3], xyz[e, :, 3:6], xyz[e, 0, 6:9]  # task_paths' columns
-                ax.plot(hand[:, 0], hand[:, 1], color=color, linewidth=0.7)
-                ax.plot(obj[:, 0], obj[:, 1], color=color, linewidth=1.4, linestyle="--")
-                ax.plot(obj[0, 0], obj[0, 1], "o", color=color, markersize=2.5)
-                ax.plot(goal[0], goal[1], "*", color=color, markersize=7, markeredgecolor="k", markeredgewidth=0.3)
-                ax.plot(obj[-1, 0], obj[-1, 1], "o" if ok[e] else "x", color=color, markersize=5,
-                        markeredgecolor="k" if ok[e] else color)
-            ax.set_xlim(lo[0], hi[0])
-            ax.set_ylim(lo[1], hi[1])
-            ax.set_aspect("equal")
-            ax.set_title(f"{col_names[c]}: {int(ok.sum())}/{len(ok)}", fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    runfiles.atomic_write(out, "wb", lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
-
-
-def write_paths(out_dir: str, paths: list[dict], tasks: list[str], name: str) -> None:
-    """task1_paths.npz (xyz (K, E, T+1, 9), success (K, E): Task 1's episodes after tasks 1..K) and task1_paths.png
-    (one row, a column per task end) in a run folder, both atomic."""
-    path = os.path.join(out_dir, "task1_paths.npz")
-    runfiles.atomic_write(path, "wb", lambda f: np.savez_compressed(
-        f, xyz=np.stack([p["xyz"].numpy() for p in paths]), success=np.stack([p["success"].numpy() for p in paths]),
-        tasks=np.array(tasks)))
-    plot_paths(os.path.join(out_dir, "task1_paths.png"), [paths], [name],
-               [f"after T{k + 1}" for k in range(len(paths))], f"Task 1 ({tasks[0]}) from above, {name}")
-
-
-def compare(run_dirs: list[str], out: str) -> None:
-    """One PNG, one row per run: Task 1's episodes after each task (task1_paths.npz), e.g. every method of a seed.
-    The runs share the evaluation episodes (fixed seeds), so each column shows the same goals in every row."""
-    rows, names, ncol = [], [], 0
-    for d in run_dirs:
-        path = os.path.join(d, "task1_paths.npz")
-        if not os.path.isfile(path):
-            raise ValueError(f"{path} not found (written at every task end of a CW10 run with --path-episodes > 0)")
-        with np.load(path) as z, open(os.path.join(d, "config.json"), encoding="utf-8") as f:
-            cfg, tasks = json.load(f), [str(t) for t in z["tasks"]]
-            rows.append([{"xyz": torch.from_numpy(x), "success": torch.from_numpy(s)}
-                         for x, s in zip(z["xyz"], z["success"])])
-        names.append(f"{cfg['method']} s{cfg['seed']}")
-        ncol = max(ncol, len(rows[-1]))
-    plot_paths(out, rows, names, [f"after T{k + 1}" for k in range(ncol)],
-               f"Task 1 ({tasks[0]}) from above: hand (line), object (dashed), goal (star); o = success, x = failure")
-    print(f"wrote {out}")

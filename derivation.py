@@ -1,6 +1,6 @@
 """Section 3.3 measured: the MAML gradient of Eq. (10) against the trust-region gradient of Eq. (9), on toys.
 
-    python derivation.py        # about 25 s on one core: one table per toy, float64
+    python derivation.py        # under half a minute on one core: one table per toy, float64
 
 The paper argues (Section 3.3, Appendix B) that one-step MAML's meta-gradient (I) - alpha (II) splits into
 replay's term (B) (Eq. 11) and, through Eq. (13)-(16), a multiple of the Fisher term (C). Here every step of that

@@ -146,9 +146,9 @@ def compile_denoiser(model, mode="auto"):
 
     auto: "reduce-overhead" (CUDA graphs, for a launch-bound step) on CUDA, "off" on the CPU, where "default" made
     the small model's step 7% faster after 4-7 s of compilation (results/cpu_speed): too little to give up the eager
-    step's plain tracebacks. Whether CUDA graphs reach issue 11's GPU targets is not yet measured. In place, so
-    parameters, state_dict keys and the learners' optimizers are unchanged, and every call model(x_t, t, cond) runs
-    the compiled code: the training step of every method (forward and backward; FTML / VR-MCL through
+    step's plain tracebacks. Whether CUDA graphs bring the paper's model to its GPU speed is not yet measured. In
+    place, so parameters, state_dict keys and the learners' optimizers are unchanged, and every call model(x_t, t,
+    cond) runs the compiled code: the training step of every method (forward and backward; FTML / VR-MCL through
     functional_call), the replay teacher, and each network call of DDIM sampling (rollouts, replay generation, FID
     samples). Not covered: torch.func transforms (the Fisher's jvp and vmap), which callers run under
     torch.compiler.set_stance("force_eager"), and replay.frozen_copy, whose copy is eager (callers compile it

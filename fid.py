@@ -2,8 +2,7 @@
 
 The paper scores each task's generator by FID (Heusel et al. 2017) against held-out images of that
 task. This module writes both halves itself, because the usual packages (pytorch-fid, clean-fid,
-torch-fidelity) download weights at run time and need torchvision, neither of which works here
-(reference notes §8):
+torch-fidelity) download weights at run time and need torchvision, neither of which works offline:
 
     Frechet distance between N(mu1, S1) and N(mu2, S2)   (Dowson & Landau 1982; Heusel et al. 2017)
         d^2 = ||mu1 - mu2||^2 + Tr S1 + Tr S2 - 2 Tr sqrtm(S1 S2)
@@ -43,7 +42,8 @@ not, the eps*I retry above regularises it. Such scores are biased upward (FID's 
 and should not be compared across sample counts; the sample counts are printed with every score.
 
 Deviations from the paper / from pytorch-fid
-- The paper does not say how FID is computed; here it is pytorch-fid's recipe (reference notes §8).
+- The paper does not say how FID is computed; here it is pytorch-fid's recipe (mseitzer/pytorch-fid,
+  `src/pytorch_fid/inception.py` and `fid_score.py`).
 - Without the weights file a proxy extractor is used (above); its scores are labelled as such.
 """
 from __future__ import annotations

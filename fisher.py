@@ -1,8 +1,9 @@
 """The explicit rank-1 Fisher of Wang et al. (2026), and the diagonal Fisher of classic EWC.
 
 Paper Section 3.2 (Eq. 5-6: EWC as a trust region), Eq. (12) (Fisher = expected Hessian) and
-Appendix B, Eq. (22) (a rank-1 F squares to a multiple of itself). Reference notes §1 record how the
-authors' code estimates it.
+Appendix B, Eq. (22) (a rank-1 F squares to a multiple of itself). The estimate follows the authors' code
+(Wang et al. 2026, arXiv 2509.23593; Teachable-AI-Lab/diffusion-continual-learning, `src/parameter_scoring.py`,
+`compute_rank1_coeff_and_mean`).
 
 Notation (P = number of trainable parameters, N = number of samples)
     l_i        per-sample diffusion loss (Eq. 3) with its own t ~ U{0..999} and eps
@@ -38,7 +39,7 @@ weak for diffusion models (Section 3.2); the experiments run it with `--fisher d
 
 Deviations from the paper
 - The paper does not say which samples or timesteps the Fisher uses; we follow the authors' code
-  (reference notes §1): the task's real training data, t ~ U{0..999} over all timesteps, fresh t and
+  (`compute_rank1_coeff_and_mean`): the task's real training data, t ~ U{0..999} over all timesteps, fresh t and
   eps in each pass, model in eval mode.
 - Batched estimation instead of the authors' per-sample loop: same estimator, same numbers
   (tests: <= 1e-6 relative in float64), not the same random draws unless the batches carry t and eps.
@@ -370,7 +371,7 @@ def estimate_on_task(model, sched, get, n_available: int, n_samples: int, batch_
                      diag_samples: int = 64) -> Rank1Fisher | DiagonalFisher:
     """The Fisher of a just-finished task at theta* = the current parameters, by one protocol for all experiments.
 
-    Protocol (the authors' code, reference notes §1): min(n_samples, n_available) items of the task's real
+    Protocol (the authors' code, `src/parameter_scoring.py`): min(n_samples, n_available) items of the task's real
     training data, chosen once without replacement with index_gen (CPU); both passes of the rank-1 estimate
     run over the same items in the same order, each item with fresh t ~ U{0..T-1} and eps ~ N(0, I) in each
     pass, drawn from noise_gen (on the model's device); model in eval mode. The rank-1 diagnostics use a third

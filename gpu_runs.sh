@@ -30,7 +30,7 @@ measure)
     echo "## $name: exit $?, ${SECONDS}s - ${t0}s" >> "$LOG"
     pkill -9 -f _inductor/compile_worker 2> /dev/null  # compile workers left by a killed step hold the log open
   }
-  b="python meta_baselines.py --bench --device cuda --no-second-order"
+  b="python bench.py step --device cuda --no-second-order"
   step probe 60 bash -c 'nvidia-smi -L; python -c "import torch, mujoco, metaworld; print(torch.__version__,
     torch.version.cuda, torch.cuda.get_device_name(), mujoco.__version__)"'
   # training step per method, eager (float32 / TF32, bf16, per-step host sync): issue rows 1 and 3
@@ -41,7 +41,7 @@ measure)
   # where the time of one eager tr step goes (profiling on the device is slow: one step per row, in its own step)
   step cw10-paper-profile 60 $b --model unet1d_paper --batch 256 --steps 1 --methods tr --bf16 --profile
   # rank-1 Fisher, batched vs the one-sample loop (row 4)
-  step fisher 60 python fisher.py --model unet1d_paper --samples 512 --batch 128 --device cuda
+  step fisher 60 python bench.py fisher --model unet1d_paper --samples 512 --batch 128 --device cuda
   # compiled == eager on CUDA, all six methods, float64 (the fast path's correctness)
   step check 150 python -m pytest -q -p no:cacheprovider -m slow tests/test_speed.py -k "${CHECK:-compiled}" -s
   # the step compiled with CUDA graphs (reduce-overhead), float32 and bf16 (rows 1-3)

@@ -1,5 +1,6 @@
 """Image data for train_imagenet.py: downsampled ImageNet 32x32 in its official npz files, and the built-in
-procedural "shapes" stand-in of the same shape (paper Section 4.1, Appendix C.1.2; reference notes §7).
+procedural "shapes" stand-in of the same shape (paper Section 4.1, Appendix C.1.2; the ImageNet-32 format of
+Chrabaszcz et al. 2017, "A Downsampled Variant of ImageNet as an Alternative to the CIFAR datasets").
 
 Why a module of its own: file formats and image synthesis are the data side of the image experiment;
 train_imagenet.py keeps the configuration, the evaluation and the continual loop, which then read in one piece.
@@ -38,7 +39,7 @@ from tqdm.auto import tqdm
 import runfiles
 
 # ----------------------------------------------------------------------------------------------------------------
-# data: downsampled ImageNet 32x32, official npz files (reference notes §7)
+# data: downsampled ImageNet 32x32, official npz files (Chrabaszcz et al. 2017)
 
 IMAGENET32_TRAIN = [f"Imagenet32_train_npz/train_data_batch_{i}.npz" for i in range(1, 11)]
 IMAGENET32_VAL = ["Imagenet32_val_npz/val_data.npz"]

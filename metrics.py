@@ -53,7 +53,6 @@ import json
 import math
 import numbers
 import os
-import sys
 
 import numpy as np
 
@@ -493,8 +492,7 @@ def main(argv=None):
         for path in aggregate(args.run_dirs, args.out):
             print(f"wrote {path}")
     except (ValueError, OSError) as e:  # ValueError includes json.JSONDecodeError
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        parser.error(str(e))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ regenerated: a replay batch is drawn from the stored samples, evenly over old ta
 the current batch (replay ratio 1.0, Tables 3-4).
 
 Two replay losses, both per-sample vectors (B,):
-  distillation (Masip et al. 2025; the authors' variant, reference notes §2):
+  distillation (Masip et al. 2025; the authors' variant, Teachable-AI-Lab/diffusion-continual-learning `src/gr.py`):
       t ~ U{0..T-1}, eps ~ N(0, I), x_t = sqrt(alpha_bar_t) x0_hat + sqrt(1 - alpha_bar_t) eps      (Eq. 2)
       l_i = mean_over_dims (eps_theta(x_t, t, c) - eps_teacher(x_t, t, c))^2
   plain generative replay: the same with the true eps as target, i.e. the ordinary loss (Eq. 3) on x0_hat.
@@ -31,8 +31,9 @@ Notation: T = 1000 training steps, K = number of old tasks, B = batch size, thet
 Deviations from the paper:
   - paper (and the authors' `gr.py`): one pool per old *class*; here: one pool per old *task*, with the
     class labels inside it balanced (1,300 / 50 = 26 per class on ImageNet-500). Same samples, simpler index.
-  - Masip et al. weight the real and distillation losses by 1/(k+1) and k/(k+1); the authors' variant (used
-    here) adds the replay loss with weight beta = 1 and no task-count weighting (reference notes §2).
+  - Masip et al. weight the real and distillation losses by 1/(k+1) and k/(k+1) (Atenrev/diffusion_continual_learning,
+    `FullGenerationDistillationDiffusionTraining`); the authors' variant (used here, `src/gr.py`) adds the replay
+    loss with weight beta = 1 and no task-count weighting.
   - The remainder rule for batches not divisible by K is ours (see `ReplayPool.sample`).
 """
 import copy

@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 import bench
 import cw10_data
+import cw10_paths
 import diffusion
 import experiment
 import fisher
@@ -69,7 +70,7 @@ class Config:
     """Every hyperparameter of a run, one --flag each; defaults are the paper's (Table 4 unless tagged)."""
     method: str = "tr"  # finetune | ewc | replay | tr | ftml | vrmcl (Section 4)
     seed: int = 0  # training seed (model init, batches, noise); Table 4 averages 4 seeds
-    tasks: str = ",".join(cw10_data.CW10)  # comma-separated task sequence (CW10 order, reference notes §4)
+    tasks: str = ",".join(cw10_data.CW10)  # comma-separated task sequence (CW10 order, Continual World)
     model: str = "paper"  # paper (83.3M, App. C.2.1) | small (5.5M) | compact (1.7M) | tiny (unet.py)
     batch_size: int = 256  # Table 4 (bilevel: 128 support + 128 query)
     lr: float = 2e-4  # Table 4, Adam (outer)
@@ -82,12 +83,12 @@ class Config:
     fisher: str = "rank1"  # rank1 (Wang et al. 2026, the paper) | diag (classic EWC, for comparison)
     fisher_samples: int = 20_000  # Table 4, Fisher samples per task
     lam: float = 12.0  # Table 4, EWC lambda
-    beta: float = 1.0  # replay loss weight (authors' variant, reference notes §2)
+    beta: float = 1.0  # replay loss weight (the authors' src/gr.py: 1)
     replay_ratio: float = 1.0  # Table 4, replay batch = ratio x batch
     replay_rollouts: int = 2500  # Table 4, replay buffer per task in rollouts
     replay_windows: int = 20  # replay samples kept per rollout (ours, bounds memory)
     inner_lr: float = 1e-4  # Table 4, SGD inner step of ftml / vrmcl
-    vr_momentum: float = 0.15  # VR-MCL r (reference notes §3; not in the paper)
+    vr_momentum: float = 0.15  # VR-MCL r (official run commands, meta_baselines.py; not in the paper)
     second_order: bool = False  # ftml/vrmcl: second-order meta-gradient (Section 4: first order)
     grad_clip: float = 0.0  # max gradient norm, 0 = off (not stated for CW10)
     ema: float = 0.0  # decay of a weight average that is evaluated and kept at each task's end (ours; 0 = off)
@@ -148,7 +149,7 @@ PRESETS = {
                    first_task_steps=750, steps_per_task=500, fisher_samples=256, replay_rollouts=50,
                    replay_windows=40, demos_per_task=50, ddim_steps=5, eval_episodes=20, curve="50,250",
                    curve_episodes=20, rollout_batch=20, log_every=50, checkpoint_every=250),
-    # one H100 with 16 cores, three methods at once (issue 11): the small model at batch 256, compiled (auto).
+    # one H100 with 16 cores, three methods at once: the small model at batch 256, compiled (auto).
     # A first guess, NOT yet run on a GPU (no device time left, 2026-11-25): size it from `gpu_runs.sh measure`
     "gpu": dict(model="small", batch_size=256, lr=1e-3, steps_per_task=3000, fisher_samples=2048,
                 replay_rollouts=20, replay_windows=40, demos_per_task=100, ddim_steps=10, eval_episodes=20,
@@ -287,7 +288,7 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
         traces = []  # Task 1's evaluation episodes (raw observations): the first path_episodes are kept
         row = [evaluate(j, cfg.eval_episodes, steps, traces if j == 0 else None) for j in range(k + 1)]
         if cfg.path_episodes:
-            state.setdefault("paths", []).append(cw10_data.task_paths(traces, cfg.path_episodes, cfg.max_path_length))
+            state.setdefault("paths", []).append(cw10_paths.task_paths(traces, cfg.path_episodes, cfg.max_path_length))
         for j in range(k + 1) if cfg.curve_all_tasks else [0]:
             if steps in curve_at:
                 curve_point(j, steps, row[j])
@@ -339,7 +340,7 @@ def write_summary(cfg: Config, folder, state: dict, tasks: list[str]) -> dict:
     metrics.write_run_outputs(folder.out, summary, "Task 1 success rate",
                               f"CW10 Task 1 ({tasks[0]}), {cfg.method}, seed {cfg.seed}")
     if state.get("paths"):
-        cw10_data.write_paths(folder.out, state["paths"], tasks, f"{cfg.method} s{cfg.seed}")
+        cw10_paths.write_paths(folder.out, state["paths"], tasks, f"{cfg.method} s{cfg.seed}")
     return summary
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -406,7 +407,7 @@ def main(argv=None) -> None:
                                                           "each task, one row per run folder, then exit"))])
     if args.compare:
         runfiles.require(bool(args.out) and args.out.endswith(".png"), "--compare needs --out FILE.png")
-        return cw10_data.compare(args.compare, args.out)
+        return cw10_paths.compare(args.compare, args.out)
     validate(cfg)
     device = experiment.setup_torch(cfg.device, cfg.threads)
     if args.bench:

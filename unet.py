@@ -2,7 +2,7 @@
 
 Paper: Wang, Gupta, MacLellan (2026), Appendix C.1.1 (ImageNet-500 UNet, 37.45M parameters, Table 6) and
 Appendix C.2.1 (CW10 diffusion policy, 83.27M parameters, Table 6). Both networks predict the noise eps of
-Eq. (3) and are called the same way (team spec, "Denoiser call convention"):
+Eq. (3) and are called the same way:
 
     eps_hat = model(x_t, t, cond)
 
@@ -45,7 +45,8 @@ level fewer than the down path, so the first level's output (left on the skip li
 
 Parameter counts (python bench.py unet --counts-only; exact, with torch default layers):
     unet2d_paper(num_classes=500)  38,639,107   paper 37.45M  (+3.2%); diffusers 0.42.1 UNet2DModel with these
-                                                channels and num_class_embeds=500: 38,639,107 (reference notes §6)
+                                                channels and num_class_embeds=500: 38,639,107 (diffusers
+                                                unet_2d.py defaults for everything else)
     unet1d_paper()                 83,264,772   paper 83.27M  (-0.01%)
 
 Deviations from the paper:

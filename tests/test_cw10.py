@@ -249,7 +249,7 @@ def test_bench_prints_rollouts_and_demos(data_dir, tmp_path):
 
 
 def test_sequence_name_says_when_a_run_is_a_subsequence():
-    """The small preset runs CW10's tasks 6-10; its summary and output must say so (issue 10). Catches a name
+    """The small preset runs CW10's tasks 6-10; its summary and output must say so. Catches a name
     computed from positions in the run instead of in CW10, or the whole sequence called a subsequence."""
     assert cw.sequence_name(list(cw10_data.CW10)) == "CW10"
     assert cw.task_list(cw.Config(**cw.PRESETS["medium"])) == list(cw10_data.CW10)  # the CPU run of the whole CW10

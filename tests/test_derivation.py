@@ -13,6 +13,10 @@ from trust_region import maml_terms
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
 # -----------------------------------------------------------------------------
 # Eq. (10)-(16): Section 3.3 measured on the toys of derivation.toy_problems
 

@@ -181,7 +181,7 @@ class DropoutDenoiser(ConvDenoiser):
 
 
 def test_estimate_runs_in_eval_mode():
-    """The estimate uses the eval-mode network (reference notes §1: "model in eval mode") and restores train
+    """The estimate uses the eval-mode network (as the authors' compute_rank1_coeff_and_mean) and restores train
     mode: mu and c* equal the plain formulas on eval-mode per-sample gradients, for a model with dropout
     left in train mode by the caller. Catches: removing model.eval() (the `_eval_mode` context) from
     Rank1Fisher.estimate (mutation c: dropout then masks half the features in both passes)."""

@@ -128,7 +128,7 @@ def test_paper_parameter_counts():
     assert abs(n2d - 37.45e6) / 37.45e6 < 0.05  # Table 6
     assert abs(n1d - 83.27e6) / 83.27e6 < 0.05  # Table 6
     # 38,639,107 is diffusers 0.42.1 UNet2DModel(block_out_channels=(128, 256, 256, 256), num_class_embeds=500)
-    # with every other argument at its default (reference notes §6)
+    # with every other argument at its default (diffusers' unet_2d.py)
     assert (n2d, n1d) == (38_639_107, 83_264_772)
 
 
@@ -318,7 +318,7 @@ def test_sinusoidal_embedding_values():
 
 def test_each_network_uses_its_own_step_encoding():
     """The image UNet encodes t as diffusers' UNet2DModel does, the action UNet as Diffusion Policy does.
-    Catches: both networks sharing one encoding (the layout before issue 12)."""
+    Catches: both networks sharing one encoding."""
     t = torch.tensor([3, 500])
     two_d, one_d = unet.unet2d_tiny().time_embed, unet.unet1d_tiny().step_embed
     assert (two_d.flip_sin_to_cos, two_d.freq_shift) == (True, 0)
