@@ -17,7 +17,7 @@ step() { echo; echo "== $(date -u +%H:%M:%S) $*"; }
 step "install"
 apt-get update -qq >/dev/null
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
-sinfo --version; munged --version | head -1
+slurmctld -V; munged --version | head -1
 echo "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- sweep.py train_toy.py experiment.py || echo ' (sweep/toy files modified)'), $(nproc) cores, $(python -c 'import submitit; print("submitit", submitit.__version__)')"
 
 step "munge"
@@ -53,7 +53,8 @@ grep -v '^#' /etc/slurm/slurm.conf
 stop_daemons() {
     step "stop the daemons"
     for pidfile in /run/slurmd.pid /run/slurmctld.pid /run/munge/munged.pid; do
-        [ -s "$pidfile" ] && kill "$(cat "$pidfile")" && echo "stopped $(basename "$pidfile" .pid) ($(cat "$pidfile"))"
+        pid=$(cat "$pidfile" 2>/dev/null || true)
+        [ -n "$pid" ] && kill "$pid" && echo "stopped $(basename "$pidfile" .pid) (process $pid)"
     done
 }
 trap stop_daemons EXIT
@@ -92,7 +93,7 @@ for run in replay-s0 tr-s0; do
     grep -E '^===|resuming|interrupted|seed [0-9]: average' "$OUT/slurm/toy-smoke-$run/sweep.log" | cut -c1-200
 done
 step "submitit's log of job $JOB (replay-s0): the signal, checkpoint and requeue"
-grep -hE 'Caught signal|checkpoint|equeu|Exiting|Starting|completed' "$OUT"/slurm/toy-smoke/slurm/"${JOB}"_*log.err \
+grep -hE 'Caught signal|REQUEUE|Terminated|Exiting|completed' "$OUT"/slurm/toy-smoke/slurm/"${JOB}"_*log.err \
     | cut -c1-160 || true
 
 step "the same grid with the local executor, for comparison"
