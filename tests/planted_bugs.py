@@ -1,5 +1,6 @@
-"""The planted-bug check: plausible one-line bugs in the math modules, planted one at a time in a temporary copy
-of the working tree; each must make the module's own unit tests fail.
+"""The planted-bug check: plausible one-line bugs in the math modules and on the experiment side (metrics, the task
+boundary and lr schedule, the CW10 windows, rollouts and replay recording, the image sample grids), planted one at a
+time in a temporary copy of the working tree; each must make the tests TESTS names for its module fail.
 
     python tests/planted_bugs.py            # every bug (a few minutes on 2 cores)
     python tests/planted_bugs.py 3 17       # bugs 3 and 17 only
@@ -21,7 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = {"diffusion.py": "tests/test_diffusion.py", "fisher.py": "tests/test_fisher.py",
          "trust_region.py": "tests/test_trust_region.py tests/test_derivation.py",  # Eq. 10's terms: derivation's toys
          "derivation.py": "tests/test_derivation.py", "replay.py": "tests/test_replay.py",
-         "meta_baselines.py": "tests/test_meta_baselines.py"}
+         "meta_baselines.py": "tests/test_meta_baselines.py",
+         # the experiment side: the test files (or single tests, to keep the check short) that hold each module
+         "metrics.py": "tests/test_metrics.py",
+         "experiment.py": "tests/test_imagenet.py::test_lr_schedule"
+                          " tests/test_cw10.py::test_cosine_lr_schedule_drives_the_optimizer tests/test_toy.py",
+         "cw10_data.py": "tests/test_rollout.py tests/test_cw10.py::test_windows_match_plain_loop",
+         "train_cw10.py": "tests/test_rollout.py",
+         "image_data.py": "tests/test_imagenet.py::test_save_grid_layout"
+                          " tests/test_imagenet.py::test_task_grids_keep_the_sampler_noise_and_compare_lines_runs_up",
+         "train_imagenet.py": "tests/test_imagenet.py::test_task_grids_keep_the_sampler_noise_and_compare_lines_runs_up"}
 
 BUGS = [
     # diffusion.py: Eq. (1)-(3) and DDIM
@@ -122,6 +132,79 @@ BUGS = [
     ("meta_baselines.py", "current = [p.detach().clone() for p in self.named.values()]",
      "current = [p.detach() for p in self.named.values()]",
      "theta_{b-1} kept as a view of the live parameters (no clone): Adam moves it too"),
+    # metrics.py: Table 1 (average, forgetting), standard errors, Table 2 (targets, crossings, cells, reference)
+    ("metrics.py", "per_task = [sign * (R[j][j] - R[last][j]) for j in range(last)]",
+     "per_task = [sign * (R[j][j] - R[last][j]) for j in range(last + 1)]",
+     "forgetting averaged over all t tasks, the last task's zero included"),
+    ("metrics.py", "average = float(np.mean([R[last][j] for j in range(last + 1)]))",
+     "average = float(np.mean([R[j][j] for j in range(last + 1)]))",
+     "final average taken on the diagonal (each task just after it), not the last row"),
+    ("metrics.py", "sign = 1.0 if higher_is_better else -1.0", "sign = 1.0",
+     "FID forgetting with success's sign (a rise in FID counted as an improvement)"),
+    ("metrics.py", "se = float(values.std(ddof=1) / math.sqrt(len(values)))",
+     "se = float(values.std(ddof=0) / math.sqrt(len(values)))", "standard error from the population std (ddof 0)"),
+    ("metrics.py", "se = ys.std(axis=0, ddof=1) / math.sqrt(len(curves))", "se = ys.std(axis=0, ddof=1)",
+     "Figure 2's bands: the standard deviation, not the standard error"),
+    ("metrics.py", "return score >= threshold * ref", "return score > threshold * ref",
+     "success target met only strictly above alpha * SR0"),
+    ("metrics.py", "return score <= (1.0 + threshold) * ref", "return score <= threshold * ref",
+     "FID target tau * FID0 instead of (1 + tau) * FID0"),
+    ("metrics.py", "int(hits[0]) if hits else None", "int(hits[-1]) if hits else None",
+     "Table 2: the last crossing of the target instead of the first"),
+    ("metrics.py", "if not done or 2 * len(done) < len(values):", "if not done or 2 * len(done) <= len(values):",
+     "Table 2 cell: a dash when exactly half of the seeds re-converged"),
+    ("metrics.py", "own = [score for g, _, k, score in curve if k == j and (g == end or end is None)]",
+     "own = [score for g, _, k, score in curve if k == j]",
+     "Table 2's reference: task j's last curve point in its own task, even a mid-task one"),
+    # experiment.py: the lr schedule and the task boundary
+    ("experiment.py", "warm = min(1.0, (step + 1) / max(cfg.lr_warmup, 1))",
+     "warm = min(1.0, step / max(cfg.lr_warmup, 1))", "warm-up from 0: every task's first step at lr 0"),
+    ("experiment.py", "(1 + math.cos(math.pi * step / task_steps)) / 2",
+     "(1 + math.cos(math.pi * (step + 1) / task_steps)) / 2", "cosine one step ahead: the last step at lr 0"),
+    ("experiment.py", "return cfg.lr * warm * (1 + math.cos(", "return cfg.lr * (1 + math.cos(", "warm-up ignored"),
+    ("experiment.py", 'group["lr"] = lr_at(cfg, step, task_steps)', 'group["lr"] = lr_at(cfg, step + 1, task_steps)',
+     "the optimizer given the next step's lr"),
+    ("experiment.py", 'state["transitions"].append(state["global_step"])',
+     'state["transitions"].append(state["global_step"] + 1)', "the next task recorded as starting one step late"),
+    ("experiment.py", "    if cfg.reset_optimizer:\n        reset_optimizer(learner)", "    reset_optimizer(learner)",
+     "Adam's moments cleared at every boundary, --no-reset-optimizer ignored"),
+    # cw10_data.py: the training windows and the rollouts
+    ("cw10_data.py", "self.obs[e[:, None], t[:, : self.O]]", "self.obs[e[:, None], t[:, -self.O:]]",
+     "a training window's cond from its last O frames instead of its first"),
+    ("cw10_data.py", "self.per_episode = T - S + A + O - 1", "self.per_episode = T - S + O",
+     "no end padding: the last A - 1 window starts of each episode dropped"),
+    ("cw10_data.py", "chunk = x0[:, O - 1: O - 1 + A]", "chunk = x0[:, 0: A]",
+     "rollout executes actions[0:A] instead of [O-1:O-1+A] (O - 1 steps behind the training window)"),
+    ("cw10_data.py", "history = np.concatenate([history[:, 1:], obs[:, None]], axis=1)",
+     "history = np.concatenate([obs[:, None], history[:, :-1]], axis=1)",
+     "rollout history kept newest first (training windows are oldest first)"),
+    ("cw10_data.py", "history = np.repeat(obs[:, None], O, axis=1)",
+     "history = np.concatenate([np.zeros((n, O - 1, obs.shape[1])), obs[:, None]], axis=1)",
+     "rollout history padded with zeros at reset instead of the first observation"),
+    ("cw10_data.py", "        for obs in obs_seq:\n", "        for obs in obs_seq[-1:]:\n",
+     "rollout history takes only the last observation of each executed chunk"),
+    ("cw10_data.py", "envs.step(chunk[:, : T - t0], stop_on_success=not record)",
+     "envs.step(chunk, stop_on_success=not record)", "the last chunk not cut at the episode's end"),
+    ("cw10_data.py", "envs.step(chunk[:, : T - t0], stop_on_success=not record)",
+     "envs.step(chunk[:, : T - t0], stop_on_success=True)",
+     "recording rollouts stop stepping succeeded episodes: their later windows are frozen observations"),
+    ("cw10_data.py", "task, start, m)", "task, 0, m)", "every batch of rollouts on the same episodes"),
+    # train_cw10.py: the replay pool recorded from the teacher's rollouts
+    ("train_cw10.py", "pool.add(k, x0[:, keep].flatten(0, 1), cond[:, keep].flatten(0, 1))",
+     "pool.add(k, x0[:, keep].flatten(0, 1), cond[:, keep].transpose(0, 1).flatten(0, 1))",
+     "replay pairs broken: cond flattened re-plan-major, x0 episode-major"),
+    ("train_cw10.py", "cw10_data.EPISODES_REPLAY, g, envs", "cw10_data.EPISODES_EVAL, g, envs",
+     "the teacher rolled out on the evaluation episodes"),
+    ("train_cw10.py",
+     "keep = torch.linspace(0, cond.shape[1] - 1, min(cfg.replay_windows, cond.shape[1])).round().long()",
+     "keep = torch.arange(min(cfg.replay_windows, cond.shape[1]))",
+     "replay keeps each rollout's first windows only (the episode's start), not evenly spaced ones"),
+    # image_data.py, train_imagenet.py: the sample grids
+    ("image_data.py", 'f"after{i + 1}": np.stack(m)', 'f"after{i}": np.stack(m)', "samples.npz keys counted from 0"),
+    ("image_data.py", "max(2, 64 // size)", "max(1, 32 // size)", "grid images upscaled to 32 px, not 64"),
+    ("train_imagenet.py", "image_data.to_uint8(x[:min(self.cfg.classes_per_task, GRID_CLASSES)])",
+     "image_data.to_uint8(x[:GRID_CLASSES])",
+     "grid of the first 10 samples whatever the task's classes (classes repeated)"),
 ]
 
 

@@ -28,17 +28,21 @@ SCHED = diffusion.Schedule(prediction="sample")  # with ddim_steps 1: the plan i
 
 
 class WindowPolicy(torch.nn.Module):
-    """Returns windows[:, r % R] (windows (n, R, S, 4)) at its r-th call; records every call's cond (n, O, 39)."""
+    """windows (N, R, S, 4) of episodes 0..N-1 at their R re-plans. A rollout of m episodes calls it R times; its
+    r-th call returns windows[first:first + m, r], first = the episodes of the rollouts before (run_episodes' batches
+    in order). Records every call's cond (m, O, 39)."""
 
     def __init__(self, windows: torch.Tensor):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(()))
-        self.windows, self.conds = windows, []
+        self.windows, self.conds, self.first = windows, [], 0
 
     def forward(self, x, t, cond):
         r = len(self.conds) % self.windows.shape[1]
+        if r == 0 and self.conds:  # a new rollout: the next episodes
+            self.first += self.conds[-1].shape[0]
         self.conds.append(cond.clone())
-        return self.windows[:, r].to(x.dtype) + 0 * self.w
+        return self.windows[self.first: self.first + x.shape[0], r].to(x.dtype) + 0 * self.w
 
 
 class RecordingEnvs:
@@ -180,11 +184,12 @@ def test_replay_pool_stores_training_windows_of_the_teachers_episodes(tmp_path, 
     receives is a training window of that episode, at evenly spaced re-plans from the first (start padding) to the
     last.
     Rejects: cond and x0 taken at different re-plans or flattened in different orders (pairs broken); the
-    teacher rolled out on other episodes (the evaluation or demonstration seeds); the model instead of the teacher;
-    windows of one episode stored under another's actions."""
+    teacher rolled out on other episodes (the evaluation or demonstration seeds, or the same seeds in every batch of
+    rollouts); windows of one episode stored under another's actions."""
     task = "handle-press-side"
     flags = dict(tasks=f"{task},window-close", data_dir=str(tmp_path), method="replay", prediction="sample",
-                 ddim_steps=1, curve="off", path_episodes=0, eval_episodes=1, steps_per_task=2)
+                 ddim_steps=1, curve="off", path_episodes=0, eval_episodes=1, steps_per_task=2,
+                 replay_rollouts=4)  # two batches of the smoke preset's rollout_batch 2
     cfg = dataclasses.replace(cw.Config(**cw.PRESETS["smoke"]), **flags)
     T, A = cfg.max_path_length, cfg.action_chunk
     seeds = cw10_data.episode_seeds(cw10_data.EPISODES_REPLAY, cfg.seed, task, 0, cfg.replay_rollouts)
