@@ -35,6 +35,7 @@ import math
 import os
 import re
 import sys
+import time
 import typing
 
 import numpy as np
@@ -221,6 +222,7 @@ class RunFolder:
         self.out, self.cfg, self.runtime_fields = out, cfg, tuple(runtime_fields)
         self.task = self.step = 0
         self.checkpoint, self.logger, self._lock, self._created = None, None, None, []
+        self._starts, self.starts, self.clock = [], [], None
 
     def path(self, name: str) -> str:
         return os.path.join(self.out, name)
@@ -271,14 +273,18 @@ class RunFolder:
                 old = json.load(f)
         except (OSError, ValueError):
             raise ValueError(f"{path} is unreadable; use another --out") from None
+        self._starts = old.get("provenance", []) if isinstance(old, dict) else []
         diff = config_diff(old, self.cfg, self.runtime_fields)
         require(not diff, f"{self.out} holds a run with another configuration ({'; '.join(diff)}); "
                           f"use another --out")
 
-    def begin(self) -> None:
-        """The run starts: config.json (this command's; on resume it equals the stored one but for runtime fields)
-        and metrics.jsonl (cut back to the checkpoint's global step on resume)."""
-        runfiles.atomic_write_json(self.path("config.json"), dataclasses.asdict(self.cfg))
+    def begin(self, start: dict) -> None:
+        """The run starts: config.json (this command's; on resume it equals the stored one but for runtime fields,
+        plus "provenance": the `runfiles.provenance` record of every start, this one last) and metrics.jsonl (cut
+        back to the checkpoint's global step on resume)."""
+        self.starts = self._starts + [start]
+        runfiles.atomic_write_json(self.path("config.json"),
+                                   {**dataclasses.asdict(self.cfg), "provenance": self.starts})
         self.logger = runfiles.JsonlLogger(self.path("metrics.jsonl"))
         if self.checkpoint is not None:
             self.logger.truncate_after(self.checkpoint["state"]["global_step"])
@@ -287,6 +293,9 @@ class RunFolder:
         self._created = []
 
     def save(self, checkpoint: dict) -> None:
+        """checkpoint.pt (`checkpoint`; its state's wall time brought up to now)."""
+        if self.clock is not None:
+            self.clock.tick()
         runfiles.atomic_torch_save(checkpoint, self.path("checkpoint.pt"))
 
     def __exit__(self, *exc) -> None:
@@ -315,15 +324,26 @@ def start(folder: RunFolder, cfg, model, sched, state: dict | None = None):
     if folder.checkpoint is not None:
         state, teacher = restore(folder.checkpoint, model, learner, pool)
         print(f"resuming {folder.out} at task {state['task'] + 1}, step {state['step']}")
-    folder.begin()
+    device = next(model.parameters()).device
+    folder.begin(runfiles.provenance(str(device), torch.cuda.get_device_name(device) if device.type == "cuda"
+                                     else None, torch.get_num_threads()))
+    folder.clock = runfiles.Clock(state)
     return learner, pool, teacher, state
+
+
+def provenance(folder: RunFolder) -> dict:
+    """summary.json's "provenance": every start of the run (config.json's records), when it ended, and its wall
+    times (Clock). metrics.py aggregate reads the commits from it."""
+    return {"starts": folder.starts, "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **{k: round(v, 3) for k, v in folder.clock.tick().items()}}
 
 
 def train_step(learner, batch, replay_batch, generator, state: dict, folder: RunFolder, bar, log_every: int) -> None:
     """One learner step (Eq. 8 or the meta-update), the loop state advanced; every log_every steps the one host sync:
     check the step's 0-d tensors are finite, show the loss in the bar, write a "train" record (with Eq. 9's norms)."""
     log_now = (state["step"] + 1) % log_every == 0
-    logs = learner.step(batch, replay_batch, generator, log_terms=log_now)
+    with folder.clock.timed("train_s"):
+        logs = learner.step(batch, replay_batch, generator, log_terms=log_now)
     state["step"] += 1
     state["global_step"] += 1
     folder.step = state["step"]

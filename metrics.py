@@ -8,9 +8,12 @@ Notation
               Success rates are fractions in [0, 1]; tables print them as percent (paper Table 1: "88.3%").
     average   mean_j R[-1][j] over the tasks trained so far (Table 1: SR for CW10, AFID for ImageNet).
     F_j       forgetting of task j = how much worse it got from the end of its own training to the end of the run:
-              R[j][j] - R[-1][j] (success) or R[-1][j] - R[j][j] (FID); F = mean_j F_j over j < last task
-              (Section 4.1/4.2; Continual World's definition, Wolczyk et al. 2021). CW10 tables print F in
-              percentage points (paper: "4.4").
+              R[j][j] - R[-1][j] (success) or R[-1][j] - R[j][j] (FID); F = (1/N) sum_j F_j over all N tasks
+              trained, the last task's F = 0 included (Section 4.2 follows Continual World: Wolczyk et al. 2021,
+              awarelab/continual_world, results_processing/tables.py, calculate_forgetting_individual and
+              calculate_metrics, which average over every task of the sequence). The image experiment (and the
+              toy) use the same rule with FID's sign (paper Section 4.1: "the change in a task's FID from when it
+              is first learned to the end of training"). CW10 tables print F in percentage points (paper: "4.4").
     steps-to-threshold (Section 4.3, Table 2): for an evaluated task j with initial optimum ref = R[j][j], after
               each later transition T_k, the first in-task step s (1-based: gradient updates since T_k) at which
               SR_j >= alpha * ref (alpha in 0.99, 0.9, 0.8) or FID_j <= (1 + tau) * ref (tau in 0.1, 0.2, 0.3);
@@ -40,6 +43,8 @@ summary.json (written by both training scripts with `build_summary`; read by `ag
     extra                 free dict (e.g. steps_per_task, sample counts); "dataset", "extractor", "is_proxy",
                           "sequence" (fid.py's extractor and proxy flag; CW10 or which subsequence), when present,
                           must agree across aggregated runs
+    provenance            what made the run (experiment.provenance): "starts" (commit, uncommitted changes, versions,
+                          device, threads, host, start time of each start), "ended", "wall_s", "train_s", "eval_s"
 
 Deviations from the paper
     - Table 2 with several seeds: paper: a single number per cell, rule unstated; here: the mean over the seeds
@@ -139,7 +144,7 @@ def table1(R, higher_is_better):
     average = float(np.mean([R[last][j] for j in range(last + 1)]))
     sign = 1.0 if higher_is_better else -1.0
     per_task = [sign * (R[j][j] - R[last][j]) for j in range(last)]  # F_j: drop (success) or rise (FID)
-    forgetting = float(np.mean(per_task)) if per_task else None
+    forgetting = float(np.sum(per_task) / (last + 1)) if per_task else None  # mean over all N, F_last = 0 included
     return {"average": average, "forgetting": forgetting, "per_task_forgetting": [float(f) for f in per_task]}
 
 
@@ -305,7 +310,7 @@ def reference(curve, j, R, transitions):
 
 
 def build_summary(method, seed, experiment, task_names, R, higher_is_better, curve, transitions, thresholds,
-                  extra=None, task_curves=None):
+                  extra=None, task_curves=None, provenance=None):
     """The summary.json dict (schema in the module docstring).
 
     curve: Task-1 evaluations (global_step, in_task_step, training_task_index, score); task_curves: optional
@@ -331,6 +336,7 @@ def build_summary(method, seed, experiment, task_names, R, higher_is_better, cur
         **result, "thresholds": [float(t) for t in thresholds], "reconvergence": reconv,
         "task1_curve": [[int(g), float(s)] for g, _, _, s in curve],
         "transitions": [int(t) for t in transitions], "extra": dict(extra or {}),
+        **({"provenance": provenance} if provenance is not None else {}),
     }
 
 
@@ -438,6 +444,17 @@ def load_summaries(run_dirs):
     return groups
 
 
+def commits_note(summaries):
+    """One line naming the commits the runs were made at ("+dirty": with uncommitted changes), with run counts."""
+    count = {}
+    for s in summaries:
+        starts = s.get("provenance", {}).get("starts") or [{}]
+        key = ", ".join(dict.fromkeys(f"{(p.get('commit') or 'unknown')[:7]}{'+dirty' if p.get('dirty') else ''}"
+                                      for p in starts))
+        count[key] = count.get(key, 0) + 1
+    return "Made at commit " + "; ".join(f"{k} ({n} run{'s' * (n > 1)})" for k, n in count.items()) + ".\n"
+
+
 def aggregate(run_dirs, out_dir):
     """Write out_dir/table1.md, out_dir/table2.md and out_dir/figure2_<experiment>.png; returns the paths."""
     groups = load_summaries(run_dirs)
@@ -475,6 +492,8 @@ def aggregate(run_dirs, out_dir):
         plot_figure2(series, first["transitions"], png, f"Task 1 {score_label(first)}",
                      f"{title}: Task 1 over continual training", bands, log=log)
         written.append(png)
+    t1.append(commits_note([s for by_method in groups.values() for ss in by_method.values() for s in ss]))
+    print(t1[-1], end="")
     runfiles.atomic_write_text(os.path.join(out_dir, "table1.md"), "\n".join(t1))
     runfiles.atomic_write_text(os.path.join(out_dir, "table2.md"), "\n".join(t2))
     return [os.path.join(out_dir, "table1.md"), os.path.join(out_dir, "table2.md"), *written]

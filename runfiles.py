@@ -8,11 +8,21 @@
     atomic writes   text, JSON and torch files written to path + ".tmp", fsynced, then renamed over the path:
                     a reader sees the old file or the new one, never half
     JsonlLogger     metrics.jsonl, one JSON record per line, torn last lines dropped, cut back on resume
+    Clock           a run's wall time in all, in training and in evaluation, kept in the loop state (resumes add)
+    provenance      what made a run: git commit (and uncommitted changes), package versions, device, threads,
+                    host, start time; config.json keeps one such record per start of the run, summary.json all
+                    of them with the run's wall times (metrics.py aggregate names the commits a table mixes)
 """
 import argparse
+import contextlib
+import importlib.metadata
 import json
 import os
+import platform
+import socket
+import subprocess
 import sys
+import time
 
 # ----------------------------------------------------------------------------- command lines, bad input
 
@@ -121,3 +131,70 @@ class JsonlLogger:
             return
         kept = [r for r in read_jsonl(self.path) if r.get("global_step") is None or r["global_step"] <= global_step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+PACKAGES = ("torch", "numpy", "metaworld", "mujoco")  # the versions a run records
+
+
+def _git(*args):
+    """stdout of `git args` in this file's repository, or None (no git, not a repository)."""
+    try:
+        out = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), *args],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else (platform.processor() or platform.machine())
+
+
+def provenance(device: str, device_name: str | None, threads: int) -> dict:
+    """One start of a run: {"commit", "dirty" (tracked files changed since the commit), "versions" (python and
+    PACKAGES), "device", "device_name" (the CPU's model or the GPU's name), "threads", "host", "started" (UTC,
+    ISO 8601)}. commit and dirty are None outside a git checkout."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status),
+            "versions": {"python": platform.python_version(), **{p: _version(p) for p in PACKAGES}},
+            "device": device, "device_name": device_name or _cpu_name(), "threads": threads,
+            "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+class Clock:
+    """A run's wall time in all, in training steps and in evaluation (seconds), kept in the loop state
+    (state["times"]) so that a resumed run adds to its sums; the time a stopped run spent after its last
+    checkpoint is not counted. On CUDA a step's time includes waiting for earlier steps' kernels."""
+
+    def __init__(self, state: dict):
+        self.times = state.setdefault("times", {"wall_s": 0.0, "train_s": 0.0, "eval_s": 0.0})
+        self.base, self.t0 = self.times["wall_s"], time.monotonic()
+
+    def tick(self) -> dict:
+        """Bring wall_s up to now (before a checkpoint and a summary); returns the times."""
+        self.times["wall_s"] = self.base + time.monotonic() - self.t0
+        return self.times
+
+    @contextlib.contextmanager
+    def timed(self, key: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[key] += time.perf_counter() - t

@@ -248,8 +248,9 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
         """Success rate of task j over n episodes (fixed evaluation seeds, DDIM noise keyed by time and task)."""
         experiment.check_parameters(model, f"task {state['task'] + 1} step {in_task}")
         g = experiment.generator(cfg.seed, state["task"], in_task, STREAM_EVAL, j, device=device)
-        ok, _ = cw10_data.run_episodes(model, sched, cfg, tasks[j], n, cw10_data.EPISODES_EVAL, g, envs, lo, hi,
-                                       device, paths=paths)
+        with folder.clock.timed("eval_s"):
+            ok, _ = cw10_data.run_episodes(model, sched, cfg, tasks[j], n, cw10_data.EPISODES_EVAL, g, envs, lo, hi,
+                                           device, paths=paths)
         return float(ok.mean())
 
     def curve_point(j: int, in_task: int, score: float) -> None:
@@ -332,7 +333,7 @@ def write_summary(cfg: Config, folder, state: dict, tasks: list[str]) -> dict:
     curves = {int(j): c for j, c in state["curves"].items()}
     summary = metrics.build_summary(
         cfg.method, cfg.seed, "cw10", tasks, state["R"], True, curves.pop(0, []), state["transitions"],
-        metrics.SUCCESS_THRESHOLDS, task_curves=curves,
+        metrics.SUCCESS_THRESHOLDS, task_curves=curves, provenance=experiment.provenance(folder),
         extra={"sequence": sequence_name(tasks), "eval_episodes": cfg.eval_episodes,
                "curve_episodes": cfg.curve_episodes, "ddim_steps": cfg.ddim_steps,
                "model": cfg.model, "steps_per_task": cfg.steps_per_task,

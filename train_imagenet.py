@@ -310,10 +310,12 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
     def evaluate(j: int, n: int, stream: int) -> tuple:
         """FID of task j on n samples; the sampler noise depends only on (j, stream): common random numbers."""
         experiment.check_parameters(model, f"task {state['task'] + 1} step {state['step']}")
-        return evaluator.score(model, j, n, experiment.generator(cfg.seed, j, stream, device=device))
+        with folder.clock.timed("eval_s"):
+            return evaluator.score(model, j, n, experiment.generator(cfg.seed, j, stream, device=device))
 
     if cfg.task1_cache and state["task"] == state["step"] == 0 and os.path.exists(cfg.task1_cache):
         state = experiment.load_task1(cfg.task1_cache, model, learner, pool, log)
+        state["times"] = folder.clock.times  # this run's own time: the cached Task 1's is not counted
         print(f"Task 1 from {cfg.task1_cache} (its {steps[0]} steps not retrained)")
     start = time.perf_counter()
     while state["task"] < cfg.num_tasks:
@@ -398,7 +400,7 @@ def write_summary(cfg: Config, folder, state: dict, extractor) -> dict:
     curves = {int(j): c for j, c in state["curves"].items()}
     summary = metrics.build_summary(
         cfg.method, cfg.seed, "imagenet", task_names(cfg), state["R"], False, curves.pop(0, []),
-        state["transitions"], metrics.FID_THRESHOLDS, task_curves=curves,
+        state["transitions"], metrics.FID_THRESHOLDS, task_curves=curves, provenance=experiment.provenance(folder),
         extra={"dataset": cfg.dataset, "extractor": extractor.name, "is_proxy": extractor.is_proxy,
                "fid_samples": cfg.fid_samples, "heldout_samples": cfg.heldout_per_class * cfg.classes_per_task,
                "curve_samples": cfg.curve_samples, "ddim_steps": cfg.ddim_steps, "fisher": cfg.fisher})

@@ -301,7 +301,8 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple[PointSet, Point
     def evaluate(j: int) -> tuple:
         """Scores of task j; the sampler noise depends only on j: common random numbers for R and the curve."""
         experiment.check_parameters(model, f"task {state['task'] + 1} step {state['step']}")
-        return evaluator.score(model, j, experiment.generator(cfg.seed, j, STREAM_EVAL, device=device))
+        with folder.clock.timed("eval_s"):
+            return evaluator.score(model, j, experiment.generator(cfg.seed, j, STREAM_EVAL, device=device))
 
     start = time.perf_counter()
     while state["task"] < cfg.num_tasks:
@@ -371,11 +372,11 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple[PointSet, Point
 
 def write_summary(cfg: Config, folder, state: dict) -> dict:
     """summary.json (FD) in the run folder and sw/summary.json (sliced Wasserstein), through metrics.py."""
-    summaries = {}
+    summaries, made = {}, experiment.provenance(folder)
     for sub, key, name in (("", "", "FD"), ("sw", "_sw", "SW_2^2")):
         summaries[sub] = summary = metrics.build_summary(
             cfg.method, cfg.seed, "toy", task_names(cfg), state["R" + key], False, state["curve" + key],
-            state["transitions"], metrics.FID_THRESHOLDS,
+            state["transitions"], metrics.FID_THRESHOLDS, provenance=made,
             extra={"score": name, "eval_per_class": cfg.eval_per_class, "ddim_steps": cfg.ddim_steps,
                    "fisher": cfg.fisher, "lam": cfg.lam})
         # no per-run Figure 2: 36 matplotlib figures would double the run time (the aggregate draws Figure 2)

@@ -8,6 +8,16 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def result(path) -> dict:
+    """A summary.json without its "provenance" block (commit, host, start times, wall times): what two runs of the
+    same command must agree on, however often either was stopped and resumed."""
+    with open(path, encoding="utf-8") as f:
+        summary = json.load(f)
+    assert "provenance" in summary and summary["provenance"]["starts"][-1]["commit"] is not None, path
+    summary.pop("provenance")
+    return summary
+
+
 def default_sigint() -> None:
     """preexec_fn for runs the tests stop with SIGINT: a process started in the background by a non-interactive
     shell (nohup, setsid, `&`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""

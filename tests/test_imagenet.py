@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 import experiment  # noqa: E402
 import image_data
 import train_imagenet as ti  # noqa: E402
-from conftest import adam_steps, default_sigint, holds_weight_average, record_schedules, stop_at  # noqa: E402
+from conftest import adam_steps, default_sigint, holds_weight_average, record_schedules, result, stop_at  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------------
 # ImageNet-32 npz files in the official format, small
@@ -324,9 +324,9 @@ def test_rerun_with_another_config_is_refused_and_a_finished_run_is_kept(tmp_pat
     proc = run_script(tr_run, "--method", "finetune", "--seed", "7", "--prediction", "sample")
     assert proc.returncode == 2 and "method 'tr' -> 'finetune'; seed 0 -> 7" in proc.stderr
     assert "prediction 'epsilon' -> 'sample'" in proc.stderr  # a resumed run keeps its parameterisation
-    before = (tr_run / "summary.json").read_text()
+    before = result(tr_run / "summary.json")
     proc = run_script(tr_run, "--method", "tr")  # the same command again: the finished run reports itself
-    assert proc.returncode == 0 and (tr_run / "summary.json").read_text() == before
+    assert proc.returncode == 0 and result(tr_run / "summary.json") == before
 
 
 def test_task1_cache_gives_the_run_that_trained_task1_itself(tmp_path, tr_run):
@@ -370,7 +370,7 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(tmp_path, sig, clean_ru
     done = run_script(stopped, *flags)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming" in done.stdout
-    assert (stopped / "summary.json").read_text() == (clean / "summary.json").read_text()
+    assert result(stopped / "summary.json") == result(clean / "summary.json")
     assert (stopped / "metrics.jsonl").read_text() == (clean / "metrics.jsonl").read_text()
 
 

@@ -22,7 +22,7 @@ def test_table1_success_drop_is_forgetting():
     out = metrics.table1(R, higher_is_better=True)
     assert out["average"] == pytest.approx((0.3 + 0.6 + 1.0) / 3)
     assert out["per_task_forgetting"] == pytest.approx([0.6, 0.2])  # R[j][j] - R[-1][j], last task excluded
-    assert out["forgetting"] == pytest.approx(0.4)
+    assert out["forgetting"] == pytest.approx(0.8 / 3)  # Continual World: the sum over all 3 tasks / 3, not / 2
 
 
 def test_table1_fid_rise_is_forgetting_and_improvement_is_negative():
@@ -30,13 +30,13 @@ def test_table1_fid_rise_is_forgetting_and_improvement_is_negative():
     out = metrics.table1(R, higher_is_better=False)
     assert out["average"] == pytest.approx((70 + 45 + 30) / 3)
     assert out["per_task_forgetting"] == pytest.approx([30.0, -5.0])  # R[-1][j] - R[j][j]
-    assert out["forgetting"] == pytest.approx(12.5)
+    assert out["forgetting"] == pytest.approx(25.0 / 3)  # the last task's 0 counts (Continual World's mean)
 
 
 def test_table1_partial_run_single_task_and_bad_matrix():
     R = metrics.empty_matrix(4)
     R[0][0], R[1][0], R[1][1] = 1.0, 0.5, 0.7  # two of four tasks trained: all-None rows are dropped
-    assert metrics.table1(R, True)["forgetting"] == pytest.approx(0.5)
+    assert metrics.table1(R, True)["forgetting"] == pytest.approx(0.5 / 2)  # mean over the 2 tasks trained
     assert metrics.table1([[0.8]], True) == {"average": 0.8, "forgetting": None, "per_task_forgetting": []}
     assert metrics.table1([[np.float32(0.5)]], True)["average"] == 0.5  # numpy scalars are scores too
     with pytest.raises(ValueError, match="missing score"):
@@ -199,9 +199,9 @@ def test_aggregate_cli_two_seeds_per_method(tmp_path):
     assert res.returncode == 0, res.stderr
     t1 = (out / "table1.md").read_text()
     assert t1.index("Finetuning") < t1.index("Trust Region")  # paper order, not argument order
-    # final rows (0.9 - 0.05 seed, 0.2, 0.9): SR 64.2% +- 0.8; F = (0.05 seed + 0.7) / 2 -> 38.8 +- 1.2 points
-    assert "| Trust Region | 64.2% ± 0.8 | 38.8 ± 1.2 | 2 |" in t1
-    assert "| Trust Region | 57.2 ± 0.2 | 25.8 ± 0.2 | 2 |" in t1  # ImageNet: FID final rows (40 + seed, 90, 40)
+    # final rows (0.9 - 0.05 seed, 0.2, 0.9): SR 64.2% +- 0.8; F = (0.05 seed + 0.7) / 3 -> 25.8 +- 0.8 points
+    assert "| Trust Region | 64.2% ± 0.8 | 25.8 ± 0.8 | 2 |" in t1
+    assert "| Trust Region | 57.2 ± 0.2 | 17.2 ± 0.2 | 2 |" in t1  # ImageNet: FID final rows (40 + seed, 90, 40)
     t2 = (out / "table2.md").read_text()
     assert t2.count("| Trust Region | 10 | 2 | 10 | 2 | 10 | 2 |") == 2  # Task 1, 3 thresholds x (T2, T3)
     assert t2.count("| Finetuning | — | — | — | — | — | — |") == 2
@@ -237,7 +237,7 @@ def test_summary_markdown_shows_matrix_and_tables(tmp_path):
     s = json.loads(open(os.path.join(_write_run(tmp_path, "finetune", 1), "summary.json")).read())
     md = metrics.summary_markdown(s)
     assert "| c | 85.0 | 20.0 | 90.0 |" in md and "| b | 20.0 | 90.0 | — |" in md
-    assert "| Finetuning | 65.0% ± — | 37.5 ± — | 1 |" in md and "Steps to re-converge Task 2" in md
+    assert "| Finetuning | 65.0% ± — | 25.0 ± — | 1 |" in md and "Steps to re-converge Task 2" in md  # (5 + 70) / 3
 
 
 def test_aggregate_names_a_cw10_subsequence_in_the_titles(tmp_path):

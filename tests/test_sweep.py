@@ -10,10 +10,10 @@ import time
 import pytest
 
 import sweep
+from conftest import result
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = ["toy", "--preset", "smoke", "--seeds", "0", "1", "--jobs", "2"]
-VOLATILE = ("time", "wall", "host", "date", "seconds", "started", "ended", "pid")  # may differ between two runs
 
 
 def run_sweep(args, out_root, **kwargs):
@@ -21,19 +21,9 @@ def run_sweep(args, out_root, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, **kwargs)
 
 
-def numbers(path):
-    """A summary.json without the fields that name when or where it ran."""
-    def strip(x):
-        if isinstance(x, dict):
-            return {k: strip(v) for k, v in x.items() if not any(w in k.lower() for w in VOLATILE)}
-        return [strip(v) for v in x] if isinstance(x, list) else x
-    with open(path) as f:
-        return strip(json.load(f))
-
-
 def summaries(out_root, methods, seeds=(0, 1)):
     """{(method, seed, file): summary numbers} of the toy's runs under out_root (FD and sliced Wasserstein)."""
-    return {(m, s, name): numbers(os.path.join(out_root, f"toy-smoke-{m}-s{s}", f"{m}-s{s}", name))
+    return {(m, s, name): result(os.path.join(out_root, f"toy-smoke-{m}-s{s}", f"{m}-s{s}", name))
             for m in methods for s in seeds for name in ("summary.json", os.path.join("sw", "summary.json"))}
 
 

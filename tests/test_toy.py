@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,7 +70,7 @@ def test_summary_is_build_summary_of_the_logged_evaluations(smoke):
             rebuilt = metrics.build_summary(saved["method"], saved["seed"], "toy", saved["task_names"],
                                             [r[score] for r in evals], False, curve,
                                             [r["global_step"] for r in evals[:-1]], metrics.FID_THRESHOLDS,
-                                            extra=saved["extra"])
+                                            extra=saved["extra"], provenance=saved["provenance"])
             assert json.loads(json.dumps(rebuilt)) == saved, (run, score)
 
 
@@ -81,6 +82,25 @@ def test_tables_and_figure_are_metrics_aggregate_of_the_runs(smoke, tmp_path):
     assert str(tmp_path / "figure2_toy.png") in written
     for name in ("table1.md", "table2.md"):
         assert (tmp_path / name).read_text() == (out / name).read_text(), name
+
+
+def test_runs_record_what_made_them(smoke):
+    """config.json and summary.json name the commit (this checkout's HEAD), whether tracked files had changed, the
+    package versions, device, threads, host and times, and Table 1 names the commits it mixes: catches a
+    provenance taken from another repository, a wall time that leaves out training or evaluation, or a table that
+    hides which code made its rows."""
+    out, runs = smoke
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    for run in runs:
+        starts = json.loads((run / "config.json").read_text())["provenance"]
+        made = json.loads((run / "summary.json").read_text())["provenance"]
+        assert made["starts"] == starts and len(starts) == 1
+        p = starts[0]
+        assert p["commit"] == head and isinstance(p["dirty"], bool) and p["device"] == "cpu" and p["threads"] >= 1
+        assert p["versions"]["torch"] == torch.__version__ and p["versions"]["numpy"] == np.__version__
+        assert p["host"] and p["started"] <= made["ended"]
+        assert made["wall_s"] + 0.002 >= made["train_s"] + made["eval_s"] and made["train_s"] > 0 and made["eval_s"] > 0
+    assert f"Made at commit {head[:7]}" in (out / "table1.md").read_text()
 
 
 def test_rerun_resumes_and_changes_nothing(smoke):
