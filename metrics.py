@@ -426,6 +426,7 @@ def load_summaries(run_dirs):
         problem = _summary_problem(s)
         if problem:
             raise ValueError(f"{path} is not a summary.json of this project: {problem}")
+        s.update(table1(s["R"], s["higher_is_better"]))  # Table 1 from R: summaries of an older F rule count alike
         groups.setdefault(s["experiment"], {}).setdefault(s["method"], []).append(s)
     keyed = lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)  # noqa: E731
     for experiment, by_method in groups.items():
@@ -449,7 +450,7 @@ def commits_note(summaries):
     count = {}
     for s in summaries:
         starts = s.get("provenance", {}).get("starts") or [{}]
-        key = ", ".join(dict.fromkeys(f"{(p.get('commit') or 'unknown')[:7]}{'+dirty' if p.get('dirty') else ''}"
+        key = ", ".join(dict.fromkeys(f"{(p.get('commit') or 'unrecorded')[:7]}{'+dirty' if p.get('dirty') else ''}"
                                       for p in starts))
         count[key] = count.get(key, 0) + 1
     return "Made at commit " + "; ".join(f"{k} ({n} run{'s' * (n > 1)})" for k, n in count.items()) + ".\n"
