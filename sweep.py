@@ -3,7 +3,6 @@ cluster, then write its tables and figures; rerun the same command to resume.
 
     python sweep.py toy --preset smoke --methods all --seeds 0 1                   # seconds
     python sweep.py cw10 --preset medium --methods all --seeds 0 1 2 --jobs 2      # two runs at a time
-    python sweep.py imagenet --preset small --methods ewc tr --seeds 0 -- --bf16   # flags after -- go to each run
     python sweep.py cw10 --preset paper --methods all --seeds 0 1 2 --executor slurm --partition gpu \\
         --gpus-per-run 1 --cpus-per-run 8 --mem-gb 64 --time-min 1440               # one Slurm job per run
 
@@ -23,12 +22,11 @@ and the log's path; the others go on, and the sweep exits 1 without the tables. 
 Progress, at every start and end and every --status-every seconds: runs done / running / left, each running run's
 task and step (its metrics.jsonl), and the time left, estimated from the runs' measured progress rates.
 
---executor slurm submits the same commands through submitit (one job per run, requeued by submitit on preemption
-or timeout: Slurm's warning signal reaches submitit, which stops the run with SIGTERM, keeps its checkpoint and
-requeues the job; the job runs the same command and the run resumes). A job requeued by Slurm itself (scontrol
-requeue, a node failure) also reruns the command. The sweep waits for the jobs and aggregates; stopped, it leaves
-the jobs running, and rerun it follows them again (the .job files) instead of submitting twice.
-cw10's runs share a demonstration cache: the first run starts alone and the others once it has begun training.
+--executor slurm submits the same commands through submitit, one job per run. On preemption or timeout Slurm's
+warning signal reaches submitit, which stops the run with SIGTERM (it checkpoints) and requeues the job; a job
+requeued by Slurm itself reruns the command too: either way the run resumes. Stopped, the sweep leaves the jobs
+running and, rerun, follows them (the .job files). A job Slurm refuses: one line, exit 74. cw10's runs share a
+demonstration cache: the first run starts alone and the others once it has begun training.
 """
 from __future__ import annotations
 
@@ -71,13 +69,8 @@ class Run:
     cmd: tuple
     env: tuple  # extra environment variables, (name, value) pairs
 
-    @property
-    def name(self) -> str:
-        return f"{self.method}-s{self.seed}"
-
-    @property
-    def log(self) -> str:
-        return os.path.join(self.out, "sweep.log")
+    name = property(lambda self: f"{self.method}-s{self.seed}")
+    log = property(lambda self: os.path.join(self.out, "sweep.log"))  # the run's stdout and stderr
 
 
 def presets(script: str) -> list[str]:
@@ -344,7 +337,12 @@ class Slurm:
             return submitit.SlurmJob(folder=self.args.slurm_folder, job_id=str(old))
         executor = submitit.AutoExecutor(folder=self.args.slurm_folder, cluster="slurm")
         executor.update_parameters(**slurm_parameters(self.args, f"{self.args.experiment}-{run.name}"))
-        job = executor.submit(RunCommand(run.cmd, run.env, run.log, self.cwd))
+        try:
+            job = executor.submit(RunCommand(run.cmd, run.env, run.log, self.cwd))
+        except Exception as e:  # no sbatch, no controller, a partition or resource Slurm refuses: exit 74
+            print(f"error: Slurm did not take {run.name}'s job: {(str(e).strip().splitlines() or [repr(e)])[-1]}",
+                  file=sys.stderr)
+            raise SystemExit(74) from None
         runfiles.atomic_write_json(self.job_file(run), job.job_id)
         print(f"  {run.name}: submitted job {job.job_id}")
         return job
