@@ -1,4 +1,5 @@
 """Continual-learning metrics and the aggregation CLI (paper Section 4, Tables 1-2, Figure 2, App. D).
+Figure 2 and the R heatmaps are drawn by figures.py.
 
 Shared by `train_cw10.py` (score = success rate, higher is better) and `train_imagenet.py` (score = FID, lower is
 better). Nothing here knows about models: it works on score matrices, evaluation curves and JSON files.
@@ -61,6 +62,7 @@ import os
 
 import numpy as np
 
+import figures
 import runfiles
 
 EXPERIMENTS = ("cw10", "imagenet", "toy")
@@ -225,7 +227,7 @@ def table2_markdown(rows, thresholds, higher_is_better, title="Task 1"):
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------- Table 1 markdown, Figure 2
+# ----------------------------------------------------------------------------- Table 1 markdown
 
 def mean_se(values):
     """Mean and standard error std(ddof=1)/sqrt(n); se is None for a single value."""
@@ -255,47 +257,6 @@ def table1_markdown(rows, score_name, title="", note="", label="FID"):
         forgetting = _pm([r["forgetting"] for r in results], scale)
         lines.append(f"| {label} | {average} | {forgetting} | {len(results)} |")
     return "\n".join(lines) + "\n"
-
-
-def mean_curve(curves):
-    """(xs, mean, se) over seeds if all curves share the same global steps, else None. se is 0 for one seed."""
-    xs = [tuple(x for x, _ in c) for c in curves]
-    if any(x != xs[0] for x in xs):
-        return None
-    ys = np.asarray([[y for _, y in c] for c in curves], dtype=np.float64)  # (seeds, points)
-    se = ys.std(axis=0, ddof=1) / math.sqrt(len(curves)) if len(curves) > 1 else np.zeros(ys.shape[1])
-    return np.asarray(xs[0]), ys.mean(axis=0), se
-
-
-def plot_figure2(series, transitions, path, ylabel, title, bands=None, log=False):
-    """Figure 2: evaluated-task score vs global gradient step, gray dashed lines at task transitions.
-
-    series: {label: [(global_step, score), ...]}; bands: optional {label: [se per point]} drawn as mean ± se.
-    """
-    import matplotlib  # local: Agg is set here so importing this module never touches the matplotlib backend
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for label, points in series.items():
-        xs = np.asarray([x for x, _ in points], dtype=np.float64)
-        ys = np.asarray([y for _, y in points], dtype=np.float64)
-        line, = ax.plot(xs, ys, label=label, linewidth=1.2)
-        if bands and label in bands:
-            se = np.asarray(bands[label], dtype=np.float64)
-            ax.fill_between(xs, ys - se, ys + se, color=line.get_color(), alpha=0.25, linewidth=0)
-    for step in transitions:
-        ax.axvline(step, color="gray", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("gradient update steps")
-    ax.set_ylabel(ylabel)
-    if log:
-        ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    runfiles.atomic_write(path, "wb", lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- summary.json
@@ -351,13 +312,15 @@ def score_label(summary):
 
 def write_run_outputs(out, summary, ylabel=None, title="", figure=True):
     """A run's result files: summary.json, summary.md (summary_markdown) and, with figure, figure2.png (its
-    Task-1 curve; ylabel defaults to "Task 1 <score_label>")."""
+    Task-1 curve; ylabel defaults to "Task 1 <score_label>") and r_matrix.png (figures.py)."""
     runfiles.atomic_write_json(os.path.join(out, "summary.json"), summary)
     runfiles.atomic_write_text(os.path.join(out, "summary.md"), summary_markdown(summary))
+    runs = {DISPLAY_NAMES.get(summary["method"], summary["method"]): [summary]}
     if figure and summary["task1_curve"]:
-        plot_figure2({DISPLAY_NAMES.get(summary["method"], summary["method"]): summary["task1_curve"]},
-                     summary["transitions"], os.path.join(out, "figure2.png"),
-                     ylabel or f"Task 1 {score_label(summary)}", title)
+        figures.figure2(runs, os.path.join(out, "figure2.png"), ylabel or f"Task 1 {score_label(summary)}", title)
+    if figure:
+        figures.r_matrix(runs, os.path.join(out, "r_matrix.png"), score_label(summary),
+                         f"{EXPERIMENT_TITLES[summary['experiment']]}: score matrix R")
 
 
 def summary_markdown(summary):
@@ -457,7 +420,8 @@ def commits_note(summaries):
 
 
 def aggregate(run_dirs, out_dir):
-    """Write out_dir/table1.md, out_dir/table2.md and out_dir/figure2_<experiment>.png; returns the paths."""
+    """Write out_dir/table1.md, out_dir/table2.md, figure2_<experiment>.png and r_matrix_<experiment>.png (figures.py);
+    returns the paths."""
     groups = load_summaries(run_dirs)
     name = lambda m: DISPLAY_NAMES.get(m, m)  # noqa: E731
     t1, t2, written = ["# Table 1: final average score and forgetting (mean ± s.e. over seeds)\n"], [], []
@@ -471,28 +435,16 @@ def aggregate(run_dirs, out_dir):
             title += f" [{extra['sequence']}]"
         note = (f"FID-proxy (extractor {extra.get('extractor')}): not comparable to published FID."
                 if extra.get("is_proxy") else "")
-        t1.append(table1_markdown({name(m): ss for m, ss in by_method.items()}, first["score_name"], title, note,
-                                  score_label(first)))
+        runs = {name(m): ss for m, ss in by_method.items()}
+        t1.append(table1_markdown(runs, first["score_name"], title, note, score_label(first)))
         t2.append(f"# Table 2 ({title})\n")
         evaluated = set.intersection(*[set(s["reconvergence"]) for ss in by_method.values() for s in ss])
         for task in sorted(evaluated, key=lambda n: int(n[1:])):
             rows = {name(m): [s["reconvergence"][task] for s in ss] for m, ss in by_method.items()}
             t2.append(table2_markdown(rows, thresholds, hib, title=f"Task {task[1:]} ({title})"))
-        series, bands = {}, {}
-        for m, ss in by_method.items():
-            agg = mean_curve([s["task1_curve"] for s in ss])
-            if agg is None:  # seeds evaluated at different steps: draw each seed
-                for s in ss:
-                    series[f"{name(m)} (seed {s['seed']})"] = s["task1_curve"]
-            else:
-                xs, mean, se = agg
-                series[name(m)], bands[name(m)] = list(zip(xs, mean)), se
-        png = os.path.join(out_dir, f"figure2_{experiment}.png")
-        ys = [y for points in series.values() for _, y in points]
-        log = not hib and min(ys) > 0 and max(ys) > 20 * min(ys)  # scores spanning decades: a log axis
-        plot_figure2(series, first["transitions"], png, f"Task 1 {score_label(first)}",
-                     f"{title}: Task 1 over continual training", bands, log=log)
-        written.append(png)
+        written += [os.path.join(out_dir, f"{kind}_{experiment}.png") for kind in ("figure2", "r_matrix")]
+        figures.figure2(runs, written[-2], f"Task 1 {score_label(first)}", f"{title}: Task 1 over continual training")
+        figures.r_matrix(runs, written[-1], score_label(first), f"{title}: score matrix R")
     t1.append(commits_note([s for by_method in groups.values() for ss in by_method.values() for s in ss]))
     print(t1[-1], end="")
     runfiles.atomic_write_text(os.path.join(out_dir, "table1.md"), "\n".join(t1))
@@ -501,8 +453,8 @@ def aggregate(run_dirs, out_dir):
 
 
 def main(argv=None):
-    parser = runfiles.Parser(description="Aggregate runs/<name>/summary.json into Table 1, Table 2 and Figure 2 "
-                                "(mean ± standard error over seeds).")
+    parser = runfiles.Parser(description="Aggregate runs/<name>/summary.json into Table 1, Table 2, Figure 2 and "
+                                "the R heatmaps (mean ± standard error over seeds).")
     sub = parser.add_subparsers(dest="command", required=True)
     agg = sub.add_parser("aggregate", help="aggregate run directories")
     agg.add_argument("run_dirs", nargs="+", help="run directories, each holding a summary.json")

@@ -24,7 +24,7 @@ TESTS = {"diffusion.py": "tests/test_diffusion.py", "fisher.py": "tests/test_fis
          "derivation.py": "tests/test_derivation.py", "replay.py": "tests/test_replay.py",
          "meta_baselines.py": "tests/test_meta_baselines.py",
          # the experiment side: the test files (or single tests, to keep the check short) that hold each module
-         "metrics.py": "tests/test_metrics.py",
+         "metrics.py": "tests/test_metrics.py", "figures.py": "tests/test_figures.py",
          "experiment.py": "tests/test_imagenet.py::test_lr_schedule"
                           " tests/test_cw10.py::test_cosine_lr_schedule_drives_the_optimizer tests/test_toy.py",
          "cw10_data.py": "tests/test_rollout.py tests/test_cw10.py::test_windows_match_plain_loop",
@@ -143,7 +143,7 @@ BUGS = [
      "FID forgetting with success's sign (a rise in FID counted as an improvement)"),
     ("metrics.py", "se = float(values.std(ddof=1) / math.sqrt(len(values)))",
      "se = float(values.std(ddof=0) / math.sqrt(len(values)))", "standard error from the population std (ddof 0)"),
-    ("metrics.py", "se = ys.std(axis=0, ddof=1) / math.sqrt(len(curves))", "se = ys.std(axis=0, ddof=1)",
+    ("figures.py", "se = ys.std(axis=0, ddof=1) / math.sqrt(len(curves))", "se = ys.std(axis=0, ddof=1)",
      "Figure 2's bands: the standard deviation, not the standard error"),
     ("metrics.py", "return score >= threshold * ref", "return score > threshold * ref",
      "success target met only strictly above alpha * SR0"),

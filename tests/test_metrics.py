@@ -122,12 +122,9 @@ def test_table1_markdown_percent_and_single_seed():
     assert "| Replay | 53.4 ± — | — | 1 |" in md
 
 
-def test_mean_se_and_mean_curve():
+def test_mean_se():
     mean, se = metrics.mean_se([1.0, 2.0, 3.0])
     assert mean == 2.0 and se == pytest.approx(1.0 / math.sqrt(3))
-    xs, m, s = metrics.mean_curve([[[0, 1.0], [10, 3.0]], [[0, 3.0], [10, 3.0]]])
-    assert list(xs) == [0, 10] and list(m) == [2.0, 3.0] and list(s) == [1.0, 0.0]
-    assert metrics.mean_curve([[[0, 1.0]], [[5, 1.0]]]) is None
 
 
 # ----------------------------------------------------------------------------- eval schedule
@@ -144,13 +141,6 @@ def test_eval_schedule_values():
     assert metrics.eval_schedule(500, dense=False) == [500]
     with pytest.raises(ValueError, match="steps_per_task"):
         metrics.eval_schedule(0)
-
-
-def test_plot_figure2_writes_png(tmp_path):
-    path = tmp_path / "fig.png"
-    series = {"Replay": [(0, 0.1), (100, 0.9), (150, 0.4)], "Trust Region": [(0, 0.1), (100, 0.95), (150, 0.8)]}
-    metrics.plot_figure2(series, [100], path, "Task 1 success rate", "CW10", bands={"Replay": [0.0, 0.1, 0.1]})
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ----------------------------------------------------------------------------- summary + aggregation CLI
