@@ -11,8 +11,8 @@ What the pictures say without the README
     Figure 2: one marker per evaluated point; the legend names each method with its seed count and is drawn
     outside the axes; the shaded band is mean ± s.e. over the seeds (only methods with > 1 seed have one); the
     task names stand at the task boundaries (dashed lines). Methods keep their colour, marker and line style in
-    every figure; they are drawn in the paper's order with the earlier ones wider, so a line under another one at
-    the same values (finetune and EWC both at 0) still shows. The values are drawn as they are, never offset.
+    every figure; wider lines are drawn under thinner ones, so a line under another one at the same values
+    (finetune and EWC both at 0) still shows. The values are drawn as they are, never offset.
     R heatmap: R[i][j] = score of task j after training task i, the mean over seeds, lower triangle, each cell
     annotated; success in percent on a 0-100 scale, FID with its direction said (lower is better).
     Task-1 paths: a key (hand, object, goal; colour = which evaluation episode), axes in metres (Meta-World's
@@ -26,10 +26,13 @@ import numpy as np
 
 import runfiles
 
-# method -> (colour, marker, line style, line width, marker size); earlier methods (paper order) are drawn wider
-STYLES = {"finetune": ("tab:blue", "o", "-", 3.2, 8.0), "ewc": ("tab:orange", "s", "--", 1.5, 4.0),
-          "replay": ("tab:green", "^", "-.", 1.5, 5.5), "ftml": ("tab:red", "D", ":", 1.6, 4.5),
-          "vrmcl": ("tab:purple", "v", (0, (5, 1, 1, 1)), 1.4, 5.5), "tr": ("tab:brown", "*", "-", 1.6, 7.5)}
+# method -> (colour, marker, line style, line width, marker size, hollow marker). Wider lines are drawn first, so
+# where curves coincide (the methods that train Task 1 alike; finetune and EWC both at 0) each thinner line runs
+# inside the wider ones and every one stays visible.
+STYLES = {"finetune": ("tab:blue", "o", "-", 4.0, 9.0, True), "replay": ("tab:green", "^", "-.", 2.6, 7.5, True),
+          "ewc": ("tab:orange", "s", "--", 1.8, 4.5, False), "ftml": ("tab:red", "D", ":", 1.6, 4.5, False),
+          "vrmcl": ("tab:purple", "v", (0, (5, 1, 1, 1)), 1.4, 5.0, False),
+          "tr": ("tab:brown", "*", "-", 1.2, 6.5, False)}
 BAND_NOTE = "shaded band: mean ± s.e. over the seeds\n(only methods with > 1 seed have one)"
 
 
@@ -89,7 +92,8 @@ def figure2(runs, path, ylabel, title):
     fig, ax = plt.subplots(figsize=(9, 4))
     handles, labels, banded, ys = [], [], False, []
     for i, (label, summaries) in enumerate(runs.items()):
-        color, marker, style, width, size = STYLES.get(summaries[0]["method"], (f"C{i % 10}", "o", "-", 1.4, 5.0))
+        color, marker, style, width, size, hollow = STYLES.get(summaries[0]["method"],
+                                                               (f"C{i % 10}", "o", "-", 1.0, 4.0, False))
         agg = mean_curve([s["task1_curve"] for s in summaries])
         if agg is None:  # seeds evaluated at different steps: one line per seed
             lines = [(f"{label}, seed {s['seed']}", *np.asarray(s["task1_curve"], dtype=np.float64).T, None)
@@ -100,8 +104,8 @@ def figure2(runs, path, ylabel, title):
             lines = [(f"{label} ({n} seed{'s' * (n > 1)})", xs, mean, se if n > 1 else None)]
         for name, xs, mean, se in lines:
             line, = ax.plot(xs, mean, color=color, marker=marker, linestyle=style, linewidth=width,
-                            markersize=size if len(xs) <= 40 else 0.7 * size, markerfacecolor="none"
-                            if i == 0 else color, markeredgewidth=1.0, zorder=2 + i)
+                            markersize=size if len(xs) <= 40 else 0.7 * size,
+                            markerfacecolor="none" if hollow else color, markeredgewidth=1.0, zorder=10 - width)
             handle = line
             if se is not None:
                 band = ax.fill_between(xs, mean - se, mean + se, color=color, alpha=0.2, linewidth=0, zorder=1)

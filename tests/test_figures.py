@@ -60,7 +60,7 @@ def test_figure2_legend_band_markers_task_names(tmp_path):
     """The legend names each method with its seed count and stands outside the axes, the band is named and drawn
     only for the method with > 1 seed (mean ± s.e.), every evaluated point has a marker, the task names stand at
     the task boundaries, and finetune and EWC, both at 0, are drawn at 0 with different markers and line styles,
-    the earlier one wider, so neither hides the other. Catches: a legend without seed counts or over Task 1's
+    the wider one beneath, so neither hides the other. Catches: a legend without seed counts or over Task 1's
     learning phase, an unnamed band or one for a single seed, a line without markers, boundaries without task
     names, a value offset to show a hidden line, two methods with the same style drawn over each other."""
     tr = [[0.1, 0.9, 0.5, 0.7, 0.6, 0.8, 0.7], [0.2, 0.8, 0.3, 0.5, 0.6, 0.6, 0.5], [0.0, 1.0, 0.4, 0.6, 0.6, 0.7, 0.9]]
@@ -88,6 +88,7 @@ def test_figure2_legend_band_markers_task_names(tmp_path):
     assert list(finetune.get_ydata()) == list(ewc.get_ydata()) == ZERO  # drawn where they are
     assert (finetune.get_marker(), finetune.get_linestyle()) != (ewc.get_marker(), ewc.get_linestyle())
     assert finetune.get_linewidth() > ewc.get_linewidth() and finetune.get_markersize() > ewc.get_markersize()
+    assert finetune.get_zorder() < ewc.get_zorder()  # the wider line beneath
     assert [t.get_text() for t in top.get_xticklabels()] == ["T1 hammer", "T2 push-wall", "T3 faucet-close"]
     assert list(top.get_xticks()) == [0, *TRANSITIONS] and top.get_xlim() == ax.get_xlim()
     assert ax.get_ylim()[0] < 0 < 1 < ax.get_ylim()[1]  # 0 and 1 clear of the frame
