@@ -1,7 +1,9 @@
 """One row per CW10 run: each task's own success right after it (the diagonal of R), how many reach 0.5, the
 average success and forgetting, Task 1 at the end, and the costs (wall time from `/usr/bin/time -v`, kept in the
-run's time.txt; s/step and minutes of evaluation rollouts from its timing.json). Then, per method (folder names
-METHOD-sSEED), the diagonal averaged over its seeds and how many of those means reach 0.5. Reads run files only.
+run's time.txt; s/step and minutes of evaluation rollouts from its timing.json). F is Continual World's, as in
+`metrics.table1`, recomputed from each summary's per-task forgetting: the mean over all N tasks, the last one's 0
+included. Then, per method (folder names METHOD-sSEED), the diagonal averaged over its seeds and how many of those
+means reach 0.5. Reads run files only.
 
     python results/cw10_medium_cpu/runs_table.py results/cw10_medium_cpu/runs/*-s? > results/cw10_medium_cpu/runs.md
 """
@@ -28,11 +30,12 @@ def main(run_dirs):
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for d in map(Path, run_dirs):
         s = json.loads((d / "summary.json").read_text())
+        forgetting = sum(s["per_task_forgetting"]) / s["n_tasks_trained"]
         timing = json.loads((d / "timing.json").read_text())
         diag = [s["R"][i][i] for i in range(len(s["R"]))]
         diagonals.setdefault(d.name.rsplit("-s", 1)[0], []).append(diag)
         print(f"| {d.name} | {', '.join(f'{v:.2f}' for v in diag)} | {sum(v >= 0.5 for v in diag)}/{len(diag)} "
-              f"| {s['average']:.2f} | {s['forgetting']:.2f} | {s['R'][-1][0]:.2f} | {wall_time(d)} "
+              f"| {s['average']:.2f} | {forgetting:.2f} | {s['R'][-1][0]:.2f} | {wall_time(d)} "
               f"| {timing['s_per_step']:.3f} | {timing['rollout_s'] / 60:.1f} |")
     print("\n| method | seeds | own success averaged over seeds | means >= 0.5 |\n|---|---:|---|---|")
     for method, rows in diagonals.items():
