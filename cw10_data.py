@@ -175,7 +175,8 @@ def collect_demos(cfg, task: str) -> dict:
     chunk = max(1, min(25, n // workers or 1))
     kept, attempted = [], 0
     bar = tqdm(total=n, desc=f"demos {task}", disable=not cfg.progress)
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    pool = multiprocessing.get_context("spawn").Pool(workers, runfiles.die_with_parent, (os.getpid(),)) \
+        if workers > 1 else None
     try:
         while len(kept) < n:
             runfiles.require(attempted <= 4 * n + 100, f"{task}: the expert succeeded on only {len(kept)} of "
@@ -232,6 +233,11 @@ def ensure_demos(cfg, tasks: list[str]) -> None:
 # training windows
 
 
+def windows_per_episode(T: int, S: int, O: int, A: int) -> int:
+    """Training windows of one episode of T steps: starts -(O-1) .. T-S+A-1 (WindowDataset)."""
+    return T - S + A + O - 1
+
+
 class WindowDataset:
     """All length-S windows of a task's episodes, padded at the edges by repeating the first / last frame.
 
@@ -242,8 +248,7 @@ class WindowDataset:
     def __init__(self, obs: torch.Tensor, actions: torch.Tensor, S: int, O: int, A: int):
         N, T, _ = obs.shape  # obs (N, T, 39) normalised, actions (N, T, 4) in [-1, 1]
         self.S, self.O = S, O
-        self.per_episode = T - S + A + O - 1  # starts -(O-1) .. T-S+A-1
-        runfiles.require(self.per_episode >= 1, f"episodes of {T} steps are too short for S={S}, O={O}, A={A}")
+        self.per_episode = windows_per_episode(T, S, O, A)  # starts -(O-1) .. T-S+A-1; >= 1 (train_cw10.validate)
         time_idx = torch.arange(-(O - 1), T - S + A - 1 + S, device=obs.device).clamp(0, T - 1)  # padded time
         self.obs, self.actions = obs[:, time_idx], actions[:, time_idx]  # (N, T + O + A - 2, D)
 
@@ -298,19 +303,21 @@ class EnvGroup:
         return out, self.success.copy()
 
 
-def _env_worker(conn, max_path_length: int) -> None:
-    """A worker process of EnvPool: one EnvGroup that runs the commands it receives until the pipe closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+def _env_worker(conn, max_path_length: int, parent: int) -> None:
+    """A worker process of EnvPool: one EnvGroup that runs the commands it receives until the pipe closes or its
+    parent ends (runfiles.die_with_parent), silently either way."""
+    runfiles.die_with_parent(parent)
     group = EnvGroup(max_path_length)
     while True:
         try:
             method, args = conn.recv()
-        except EOFError:
+            try:
+                reply = (True, getattr(group, method)(*args))
+            except Exception as e:  # reported in the main process, which raises it
+                reply = (False, f"{type(e).__name__}: {e}")
+            conn.send(reply)
+        except (EOFError, OSError):  # the main process closed the pipe or is gone
             return
-        try:
-            conn.send((True, getattr(group, method)(*args)))
-        except Exception as e:  # reported in the main process, which raises it
-            conn.send((False, f"{type(e).__name__}: {e}"))
 
 
 def _close_workers(conns, procs) -> None:
@@ -338,25 +345,37 @@ class EnvPool:
         self.conns, procs, ctx = [], [], multiprocessing.get_context("spawn")
         for _ in range(workers):
             conn, child = ctx.Pipe()
-            procs.append(ctx.Process(target=_env_worker, args=(child, max_path_length), daemon=True))
+            procs.append(ctx.Process(target=_env_worker, args=(child, max_path_length, os.getpid()), daemon=True))
             procs[-1].start()
             child.close()
             self.conns.append(conn)
-        self.sizes = []  # episodes per group of the current rollout
+        self.sizes, self.procs = [], procs  # episodes per group of the current rollout
         self.close = weakref.finalize(self, _close_workers, self.conns, procs)
+
+    def _died(self, g: int) -> runfiles.Fault:
+        proc = self.procs[g]
+        proc.join(timeout=1)
+        code = proc.exitcode
+        how = "its pipe closed" if code is None else f"killed by {signal.Signals(-code).name}" if code < 0 else \
+            f"exit code {code}"
+        return runfiles.Fault(f"environment worker {g} (process {proc.pid}) died ({how}); "
+                              f"rerun the same command to resume from the last checkpoint")
 
     def _call(self, method: str, args: list[tuple]) -> list:
         """method(*args[g]) on group g, all groups at once; the results in group order."""
         if self.local is not None:
             return [getattr(self.local, method)(*args[0])]
-        for conn, a in zip(self.conns, args):
-            conn.send((method, a))
+        for g, (conn, a) in enumerate(zip(self.conns, args)):
+            try:
+                conn.send((method, a))
+            except OSError:  # the pipe is broken: the process is gone
+                raise self._died(g) from None
         replies = []
         for g, conn in enumerate(self.conns[: len(args)]):
             try:
                 replies.append(conn.recv())  # every reply is read before raising: the pipes stay in step
             except (EOFError, OSError):  # the pipe closed: the process is gone
-                raise RuntimeError(f"environment worker {g} died") from None
+                raise self._died(g) from None
         for g, (ok, value) in enumerate(replies):
             if not ok:
                 raise RuntimeError(f"environment worker {g}: {value}")

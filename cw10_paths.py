@@ -55,20 +55,46 @@ def write_paths(out_dir: str, paths: list[dict], tasks: list[str], name: str) ->
                   f"Task 1 ({tasks[0]}) seen from above after each task, {name}")
 
 
+def _read_run(d: str) -> tuple[dict, list[str], list[dict]]:
+    """(config.json, the task sequence, task1_paths.npz's rows with their scores) of run folder d; ValueError naming
+    the file that is missing or unreadable."""
+    path, config = os.path.join(d, "task1_paths.npz"), os.path.join(d, "config.json")
+    runfiles.require(os.path.isfile(path), f"{path} not found (written at the end of a CW10 run with "
+                                           f"--path-episodes > 0)")
+    runfiles.require(os.path.isfile(config), f"{config} not found: {d} is not a run folder")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            tasks, xyz, ok = [str(t) for t in z["tasks"]], z["xyz"], z["success"]
+    except Exception as e:  # zip / npy format errors of every kind, a missing array
+        raise ValueError(f"{path} is unreadable ({type(e).__name__}); rerun that run's command to write it again, "
+                         f"or leave {d} out") from None
+    try:
+        with open(config, encoding="utf-8") as f:
+            cfg = json.load(f)
+        rows = with_scores([{"xyz": torch.from_numpy(x), "success": torch.from_numpy(s)} for x, s in zip(xyz, ok)], d)
+        runfiles.require(isinstance(cfg, dict) and "method" in cfg and "seed" in cfg, "no method or seed")
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"{d}: config.json or summary.json is unreadable ({type(e).__name__}: {e}); leave it "
+                         f"out") from None
+    return cfg, tasks, rows
+
+
 def compare(run_dirs: list[str], out: str) -> None:
     """One PNG, one row per run: Task 1's episodes after each task (task1_paths.npz), e.g. every method of a seed.
-    The runs share the evaluation episodes (fixed seeds), so each column shows the same goals in every row."""
-    rows, names, ncol = [], [], 0
-    for d in run_dirs:
-        path = os.path.join(d, "task1_paths.npz")
-        if not os.path.isfile(path):
-            raise ValueError(f"{path} not found (written at every task end of a CW10 run with --path-episodes > 0)")
-        with np.load(path) as z, open(os.path.join(d, "config.json"), encoding="utf-8") as f:
-            cfg, tasks = json.load(f), [str(t) for t in z["tasks"]]
-            rows.append(with_scores([{"xyz": torch.from_numpy(x), "success": torch.from_numpy(s)}
-                                     for x, s in zip(z["xyz"], z["success"])], d))
-        names.append(f"{cfg['method']} s{cfg['seed']}")
-        ncol = max(ncol, len(rows[-1]))
-    figures.paths(out, rows, names, [f"after T{k + 1}" for k in range(ncol)],
+    The runs share the evaluation episodes (fixed seeds), so each column shows the same goals in every row. Every
+    input is read and checked (one task sequence for all runs), and `out` checked, before anything is written.
+    A row is named by method and seed, and by its folder too where two rows would share a name."""
+    runfiles.require(not os.path.isdir(out), f"--out {out} is a folder; name a .png file")
+    runfiles.check_writable(os.path.dirname(os.path.abspath(out)), "--out's folder")
+    runs = [(d, *_read_run(d)) for d in run_dirs]
+    d0, _, tasks, _ = runs[0]
+    for d, _, t, _ in runs[1:]:
+        runfiles.require(t == tasks, f"{d} trained the tasks {','.join(t)}, {d0} {','.join(tasks)}: compare runs of "
+                                     f"one task sequence")
+    names = [f"{cfg['method']} s{cfg['seed']}" for _, cfg, _, _ in runs]
+    names = [n if names.count(n) == 1 else f"{n} ({os.path.basename(os.path.normpath(d))})"
+             for n, (d, *_) in zip(names, runs)]
+    ncol = max(len(rows) for *_, rows in runs)
+    figures.paths(out, [rows for *_, rows in runs], names, [f"after T{k + 1}" for k in range(ncol)],
                   f"Task 1 ({tasks[0]}) seen from above after each task, a row per run")
     print(f"wrote {out}")

@@ -18,23 +18,20 @@ Written in each script, the copies drifted apart (different boolean flags, seeds
     Task 1     --task1-cache FILE: finetune, ewc, replay and tr train Task 1 alike (no Fisher or replay pool yet),
                so the first run writes FILE at Task 1's end and the others start from it, with the same numbers
                and Task 1's records; FILE's configuration must equal the run's in every field Task 1 uses.
-    endings    run(main): bad input -> "error: <one line>", exit 2; divergence (a non-finite loss, gradient
-               norm, parameter or Fisher scalar) -> one line naming task and step, exit 2, the last good
-               checkpoint kept and no summary written; Ctrl-C -> "interrupted at task k, step s; rerun the same
-               command to resume", exit 130.
+    endings    run(main) = runfiles.run: one line and an exit code for every failure (2 bad input, 3 divergence,
+               74 a fault, 130 Ctrl-C, 143 SIGTERM, 1 a bug); a stop finishes the step in flight and checkpoints
+               it (step_end). A summary is written by a finished run only.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import inspect
 import json
 import math
 import os
 import re
-import sys
 import time
 import typing
 
@@ -91,6 +88,7 @@ def build_parser(cls, presets: dict, description: str, choices: dict | None = No
 def parse_config(cls, presets: dict, argv, description: str, choices: dict | None = None, extra=()):
     """(cfg, args): defaults <- preset <- explicit flags."""
     args = build_parser(cls, presets, description, choices, extra).parse_args(argv)
+    require(args.out is None or args.out.strip() != "", "--out must not be empty")
     values = dict(presets[args.preset])
     values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None})
     return cls(**values), args
@@ -109,10 +107,7 @@ def validate_common(cfg, positive=(), non_negative=(), below_one=()) -> None:
         require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     for name in below_one:
         require(0 <= getattr(cfg, name) < 1, f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(cfg, name)}")
-    require(cfg.device == "auto" or cfg.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", cfg.device) is not None,
-            f"--device must be auto, cpu or cuda[:i], got {cfg.device!r}")
-    require(not cfg.device.startswith("cuda") or torch.cuda.is_available(),
-            f"--device {cfg.device} but CUDA is not available")
+    runfiles.check_device(cfg.device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -182,13 +177,13 @@ def check_finite(where: str, values: dict) -> None:
     flat = torch.stack([torch.as_tensor(v, dtype=torch.float64).to("cpu") for v in values.values()])
     if not torch.isfinite(flat).all():
         name, value = next((k, v) for k, v in zip(values, flat.tolist()) if not math.isfinite(v))
-        raise runfiles.Diverged(f"{where}: non-finite {name} ({value}); stopped, the last checkpoint is kept")
+        raise runfiles.Diverged(f"{where}: non-finite {name} ({value})")
 
 
 def check_parameters(model: torch.nn.Module, where: str) -> None:
     """Raise Diverged if any parameter is NaN or inf (called before every checkpoint and evaluation)."""
     if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():
-        raise runfiles.Diverged(f"{where}: non-finite parameters; stopped, the last checkpoint is kept")
+        raise runfiles.Diverged(f"{where}: non-finite parameters")
 
 # ----------------------------------------------------------------------------------------------------------------
 # the run folder
@@ -215,12 +210,14 @@ class RunFolder:
         folder.begin()                                   # writes config.json, opens metrics.jsonl
         ... train, folder.save(...), folder.logger.log(...) ...
     `runtime_fields` do not change the numbers a run produces (device, threads, progress, ...): they may differ
-    when a run is resumed. `task` and `step` say where the run is (for the interrupt line).
+    when a run is resumed. `task` and `step` say where the run is, `saved` where its checkpoint is ((task, step) or
+    None), for the endings' one line (runfiles.run). Every existing file is read and checked before any is changed.
     """
 
     def __init__(self, out: str, cfg, runtime_fields=()):
         self.out, self.cfg, self.runtime_fields = out, cfg, tuple(runtime_fields)
         self.task = self.step = 0
+        self.saved = None
         self.checkpoint, self.logger, self._lock, self._created = None, None, None, []
         self._starts, self.starts, self.clock = [], [], None
 
@@ -240,21 +237,9 @@ class RunFolder:
         if not os.path.isdir(self.out):
             os.makedirs(self.out)
             self._created.append(self.out)
-        lock_path = self.path(".lock")
-        if not os.path.exists(lock_path):
-            self._created.append(lock_path)
-        self._lock = open(lock_path, "a+")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.seek(0)
-            holder = self._lock.read().strip() or "another process"
-            self._lock.close()
-            raise ValueError(f"{self.out} is in use by process {holder} (one run per folder)") from None
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(str(os.getpid()))
-        self._lock.flush()
+        if not os.path.exists(self.path(".lock")):
+            self._created.append(self.path(".lock"))
+        self._lock = runfiles.lock_folder(self.out)
         self._check_config()
         if os.path.exists(self.path("checkpoint.pt")):
             try:
@@ -263,6 +248,12 @@ class RunFolder:
                 raise ValueError(f"{self.path('checkpoint.pt')} is unreadable ({type(e).__name__}); "
                                  f"use another --out") from None
             self.task, self.step = self.checkpoint["state"]["task"], self.checkpoint["state"]["step"]
+            self.saved = (self.task, self.step)
+        if os.path.exists(self.path("metrics.jsonl")):  # ValueError naming a corrupt line
+            n = len(runfiles.read_jsonl(self.path("metrics.jsonl")))
+            need = (self.checkpoint or {}).get("log_records", 0)
+            require(n >= need, f"{self.path('metrics.jsonl')} has {n} records, fewer than the {need} its checkpoint "
+                               f"was written after; delete the run folder to start over, or use another --out")
 
     def _check_config(self) -> None:
         path = self.path("config.json")
@@ -286,17 +277,25 @@ class RunFolder:
         runfiles.atomic_write_json(self.path("config.json"),
                                    {**dataclasses.asdict(self.cfg), "provenance": self.starts})
         self.logger = runfiles.JsonlLogger(self.path("metrics.jsonl"))
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and "log_records" in self.checkpoint:
+            self.logger.keep(self.checkpoint["log_records"])
+        elif self.checkpoint is not None:  # written before checkpoints counted the records
             self.logger.truncate_after(self.checkpoint["state"]["global_step"])
         elif os.path.exists(self.logger.path):  # a run stopped before its first checkpoint starts over
             runfiles.atomic_write_text(self.logger.path, "")
         self._created = []
 
+    @property
+    def began(self) -> bool:
+        return self.logger is not None
+
     def save(self, checkpoint: dict) -> None:
-        """checkpoint.pt (`checkpoint`; its state's wall time brought up to now)."""
+        """checkpoint.pt (`checkpoint`, with the count of metrics.jsonl's records; its state's wall time brought
+        up to now)."""
         if self.clock is not None:
             self.clock.tick()
-        runfiles.atomic_torch_save(checkpoint, self.path("checkpoint.pt"))
+        runfiles.atomic_torch_save({**checkpoint, "log_records": self.logger.records}, self.path("checkpoint.pt"))
+        self.saved = (checkpoint["state"]["task"], checkpoint["state"]["step"])
 
     def __exit__(self, *exc) -> None:
         """Release the lock; a run that never began leaves the folder as it found it."""
@@ -341,6 +340,7 @@ def provenance(folder: RunFolder) -> dict:
 def train_step(learner, batch, replay_batch, generator, state: dict, folder: RunFolder, bar, log_every: int) -> None:
     """One learner step (Eq. 8 or the meta-update), the loop state advanced; every log_every steps the one host sync:
     check the step's 0-d tensors are finite, show the loss in the bar, write a "train" record (with Eq. 9's norms)."""
+    runfiles.defer_stops()  # Ctrl-C / SIGTERM wait for step_end: the step is never half-applied
     log_now = (state["step"] + 1) % log_every == 0
     with folder.clock.timed("train_s"):
         logs = learner.step(batch, replay_batch, generator, log_terms=log_now)
@@ -479,26 +479,15 @@ def load_task1(path: str, model, learner, pool, log) -> dict:
     return state
 
 # ----------------------------------------------------------------------------------------------------------------
-# endings
+# endings: runfiles.run (one line and an exit code for every failure); the training loops' safe point
+
+run, track = runfiles.run, runfiles.track  # the scripts' entry point and the folder its lines speak of
 
 
-_FOLDER: RunFolder | None = None  # the folder of the running experiment, for the interrupt line
-
-
-def track(folder: RunFolder) -> RunFolder:
-    global _FOLDER
-    _FOLDER = folder
-    return folder
-
-
-def run(main, argv=None) -> None:
-    """Call main(argv); turn bad input, divergence and Ctrl-C into one line and an exit code (2, 2, 130)."""
-    try:
-        main(argv)
-    except (ValueError, runfiles.Diverged) as e:
-        sys.stderr.write(f"error: {e}\n")
-        raise SystemExit(2)
-    except KeyboardInterrupt:
-        where = "" if _FOLDER is None else f" at task {_FOLDER.task + 1}, step {_FOLDER.step}"
-        sys.stderr.write(f"\ninterrupted{where}; rerun the same command to resume\n")
-        raise SystemExit(130)
+def step_end(due: bool, save) -> None:
+    """The end of an in-task step, the training loops' safe point: save() if a checkpoint is `due` or a stop
+    (Ctrl-C, SIGTERM) arrived during the step (its evaluation included), then stop (runfiles.Stopped); stops
+    that arrive from here to the next step's start end the run at once, from the last checkpoint."""
+    if due or runfiles.stop_pending():
+        save()
+    runfiles.stop_point()

@@ -331,7 +331,7 @@ def main(argv=None) -> None:
     p.add_argument("path_b", nargs="?", help="second folder or .npz (optional with --save-stats)")
     p.add_argument("--inception-weights", default=None, help=f"{INCEPTION_FILE} (default: torch hub cache)")
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda[:i] (default: cuda if available, else cpu)")
     p.add_argument("--save-stats", default=None, metavar="OUT.npz", help="write PATH_A's statistics here")
     p.add_argument("--sampler-steps", type=int, default=None, help="DDIM steps of the generated set (printed)")
     args = p.parse_args(argv)
@@ -347,11 +347,13 @@ def main(argv=None) -> None:
         if not (os.path.isdir(parent) and os.access(parent, os.W_OK)) or os.path.isdir(args.save_stats):
             p.error(f"cannot write --save-stats {args.save_stats}: {parent} is not a writable folder")
     try:
+        runfiles.check_device(args.device)
         folders = [x for x in (args.path_a, args.path_b) if x is not None and not x.endswith(".npz")]
         for folder in folders:  # every image must open before any feature is computed
             for path in image_paths(folder):
                 _read_image(path, header_only=True)
-        ext = FeatureExtractor.load(args.inception_weights, args.device) if folders else None
+        ext = FeatureExtractor.load(args.inception_weights, None if args.device == "auto" else args.device) \
+            if folders else None
         if ext is not None and ext.is_proxy:
             print(f"warning: {INCEPTION_FILE} not found (looked in {default_weights_path().parent}); "
                   f"using {PROXY_NAME}: {PROXY_NOTE}", file=sys.stderr)
@@ -368,4 +370,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    runfiles.run(main)  # faults (an unreadable file, a full disk): one line, exit 74

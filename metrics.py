@@ -311,9 +311,9 @@ def score_label(summary):
 
 
 def write_run_outputs(out, summary, ylabel=None, title="", figure=True):
-    """A run's result files: summary.json, summary.md (summary_markdown) and, with figure, figure2.png (its
-    Task-1 curve; ylabel defaults to "Task 1 <score_label>") and r_matrix.png (figures.py)."""
-    runfiles.atomic_write_json(os.path.join(out, "summary.json"), summary)
+    """A run's result files: summary.md (summary_markdown), with figure figure2.png (its Task-1 curve; ylabel
+    defaults to "Task 1 <score_label>") and r_matrix.png (figures.py), and last summary.json: a folder with a
+    summary.json has all of them (a fault in between leaves summary.json as it was; a rerun writes them all)."""
     runfiles.atomic_write_text(os.path.join(out, "summary.md"), summary_markdown(summary))
     runs = {DISPLAY_NAMES.get(summary["method"], summary["method"]): [summary]}
     if figure and summary["task1_curve"]:
@@ -321,6 +321,7 @@ def write_run_outputs(out, summary, ylabel=None, title="", figure=True):
     if figure:
         figures.r_matrix(runs, os.path.join(out, "r_matrix.png"), score_label(summary),
                          f"{EXPERIMENT_TITLES[summary['experiment']]}: score matrix R")
+    runfiles.atomic_write_json(os.path.join(out, "summary.json"), summary)
 
 
 def summary_markdown(summary):
@@ -389,6 +390,14 @@ def load_summaries(run_dirs):
         problem = _summary_problem(s)
         if problem:
             raise ValueError(f"{path} is not a summary.json of this project: {problem}")
+        n, names = s["n_tasks_trained"], s["task_names"]
+        if n < len(names) or s.get("finished") is False:
+            raise ValueError(f"{path} is of an unfinished run ({n} of {len(names)} tasks trained): rerun its command "
+                             f"to finish it, or leave {run_dir} out")
+        scores = [v for row in s["R"] for v in row if v is not None] + [p[1] for p in s["task1_curve"]]
+        if not all(math.isfinite(v) for v in scores):
+            raise ValueError(f"{path} holds a non-finite score ({next(v for v in scores if not math.isfinite(v))}) "
+                             f"in R or its Task 1 curve: the run diverged or the file was changed; leave it out")
         s.update(table1(s["R"], s["higher_is_better"]))  # Table 1 from R: summaries of an older F rule count alike
         groups.setdefault(s["experiment"], {}).setdefault(s["method"], []).append(s)
     keyed = lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)  # noqa: E731
@@ -461,11 +470,13 @@ def main(argv=None):
     agg.add_argument("--out", required=True, help="output directory")
     args = parser.parse_args(argv)
     try:
+        runfiles.require(args.out.strip() != "", "--out must not be empty")
+        runfiles.check_writable(args.out, "--out")
         for path in aggregate(args.run_dirs, args.out):
             print(f"wrote {path}")
-    except (ValueError, OSError) as e:  # ValueError includes json.JSONDecodeError
+    except ValueError as e:  # bad input, json.JSONDecodeError included; a full disk is a runfiles.Fault (exit 74)
         parser.error(str(e))
 
 
 if __name__ == "__main__":
-    main()
+    runfiles.run(main)

@@ -197,6 +197,9 @@ def validate(cfg: Config) -> None:
     runfiles.require(S >= 4 and S % 4 == 0, f"--horizon S={S} must be a positive multiple of 4 (the UNet halves it)")
     runfiles.require(O >= 1 and A >= 1, f"--obs-horizon O={O} and --action-chunk A={A} must be >= 1")
     runfiles.require(O + A <= S + 1, f"O + A = {O + A} > S + 1 = {S + 1}: executed actions must fit in the horizon")
+    runfiles.require(cw10_data.windows_per_episode(cfg.max_path_length, S, O, A) >= 1,
+                     f"--max-path-length {cfg.max_path_length} is too short for S={S}, O={O}, A={A}: an episode "
+                     f"needs at least S - A - O + 2 = {S - A - O + 2} steps")
     runfiles.require(1 <= cfg.ddim_steps <= cfg.train_timesteps, f"--ddim-steps must be in 1..{cfg.train_timesteps}")
     runfiles.require(cfg.path_episodes <= cfg.eval_episodes,
                      f"--path-episodes ({cfg.path_episodes}) must be at most --eval-episodes ({cfg.eval_episodes})")
@@ -280,8 +283,7 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
                 with experiment.averaged(learner):
                     for j in range(k + 1) if cfg.curve_all_tasks else [0]:
                         curve_point(j, s + 1, evaluate(j, cfg.curve_episodes, s + 1))
-            if (s + 1) % cfg.checkpoint_every == 0 and s + 1 < steps:
-                save()
+            experiment.step_end((s + 1) % cfg.checkpoint_every == 0 and s + 1 < steps, save)  # a stop: here
         bar.close()
         experiment.end_task(learner)
         # task boundary, the same steps in every experiment: (1) evaluate every seen task (row k of R),
@@ -320,9 +322,7 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
             experiment.transition(learner, cfg, state)  # clears Adam's moments with --reset-optimizer (default)
         state["task"], state["step"], folder.task, folder.step = k + 1, 0, k + 1, 0
         save()
-        if state["task"] < len(tasks):
-            write_summary(cfg, folder, state, tasks)  # a run cut short keeps a valid summary
-    summary = write_summary(cfg, folder, state, tasks)
+    summary = write_summary(cfg, folder, state, tasks)  # a finished run's only; rewritten by a rerun
     envs.close()
     print(f"done in {time.perf_counter() - start:.0f}s (this process): average success {summary['average']:.3f}, "
           f"forgetting {summary['forgetting']} -> {folder.out}")
@@ -330,6 +330,8 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
 
 
 def write_summary(cfg: Config, folder, state: dict, tasks: list[str]) -> dict:
+    """The finished run's summary.md, figures, summary.json (metrics.write_run_outputs), then task1_paths (npz, png;
+    their titles read summary.json); a rerun of a finished run writes them all again."""
     curves = {int(j): c for j, c in state["curves"].items()}
     summary = metrics.build_summary(
         cfg.method, cfg.seed, "cw10", tasks, state["R"], True, curves.pop(0, []), state["transitions"],

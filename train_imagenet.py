@@ -344,8 +344,7 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
                     tqdm.write(f"task {k + 1} step {s + 1}: task {j + 1} {result.format()}")
                     log({"kind": "curve", "global_step": state["global_step"], "task": k, "in_task_step": s + 1,
                          "eval_task": j, "fid": score})
-            if (s + 1) % cfg.checkpoint_every == 0 and s + 1 < steps[k]:
-                save()
+            experiment.step_end((s + 1) % cfg.checkpoint_every == 0 and s + 1 < steps[k], save)  # a stop: here
         bar.close()
         experiment.end_task(learner)
         if k == 0 and cfg.task1_cache and not os.path.exists(cfg.task1_cache):
@@ -387,9 +386,7 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple, extractor, dev
             experiment.transition(learner, cfg, state)  # clears Adam's moments only with --reset-optimizer
         state["task"], state["step"], folder.task, folder.step = k + 1, 0, k + 1, 0
         save()
-        if state["task"] < cfg.num_tasks:
-            write_summary(cfg, folder, state, extractor)  # a run cut short keeps a valid summary
-    summary = write_summary(cfg, folder, state, extractor)
+    summary = write_summary(cfg, folder, state, extractor)  # a finished run's only; rewritten by a rerun
     forgetting = "n/a" if summary["forgetting"] is None else f"{summary['forgetting']:.2f}"
     print(f"done in {time.perf_counter() - start:.0f}s (this process): AFID {summary['average']:.2f}, forgetting "
           f"{forgetting} ({extractor.name}) -> {folder.out}")

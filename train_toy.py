@@ -44,7 +44,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-import signal
 import time
 from dataclasses import dataclass, replace
 
@@ -323,6 +322,7 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple[PointSet, Point
                 state["curve_sw"].append((state["global_step"], s + 1, k, sw))
                 log({"kind": "curve", "global_step": state["global_step"], "task": k, "in_task_step": s + 1,
                      "eval_task": 0, "fd": fd, "sw": sw})
+            experiment.step_end(False, save)  # checkpoints at task ends, and at a stop (Ctrl-C, SIGTERM)
         bar.close()
         # task boundary, the same steps in every experiment: (1) evaluate every seen task (row k of R),
         # (2) Fisher of task k, (3) teacher and replay pool; nothing is estimated after the last task
@@ -361,8 +361,8 @@ def train(cfg: Config, folder: experiment.RunFolder, data: tuple[PointSet, Point
                 log({"kind": "replay", "global_step": state["global_step"], "task": k, "pool_size": len(pool)})
             experiment.transition(learner, cfg, state)  # clears Adam's moments only with --reset-optimizer
         else:  # the picture of every task's samples after the last task
-            np.savez(folder.path("samples.npz"), x=torch.cat([x for x, _ in samples]).numpy(),
-                     y=torch.cat([y for _, y in samples]).numpy())
+            x, y = torch.cat([x for x, _ in samples]).numpy(), torch.cat([y for _, y in samples]).numpy()
+            runfiles.atomic_write(folder.path("samples.npz"), "wb", lambda f: np.savez(f, x=x, y=y))
         state["task"], state["step"], folder.task, folder.step = k + 1, 0, k + 1, 0
         save()
     summary = write_summary(cfg, folder, state)
@@ -399,8 +399,10 @@ def run_one(cfg: Config, out: str) -> dict:
         return train(cfg, folder, data, device)
 
 
-def _worker_init() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool, one line, exit 130
+def _worker_init(parent: int) -> None:
+    """A pool worker ends with its parent, however the parent ends (runfiles.die_with_parent: its run folder's lock
+    goes with it); Ctrl-C and SIGTERM are the parent's: it stops the pool, one line, exit 130 / 143."""
+    runfiles.die_with_parent(parent)
 
 
 def plot_samples(out: str, runs: list[Config], cfg: Config) -> str:
@@ -431,7 +433,7 @@ def plot_samples(out: str, runs: list[Config], cfg: Config) -> str:
     fig.suptitle(f"samples of every task after task {cfg.num_tasks} (seed {cfg.seed})", fontsize=10)
     fig.tight_layout()
     path = os.path.join(out, "samples.png")
-    fig.savefig(path, dpi=100)
+    runfiles.atomic_write(path, "wb", lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
     return path
 
@@ -449,7 +451,7 @@ def main(argv=None) -> None:
     else:  # one process per run at a time, no bars; the slowest methods first
         queue = sorted(runs, key=lambda r: LONGEST_FIRST.index(r.method))
         start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"  # fork: no re-imports
-        with multiprocessing.get_context(start_method).Pool(workers, _worker_init) as pool:
+        with multiprocessing.get_context(start_method).Pool(workers, _worker_init, (os.getpid(),)) as pool:
             jobs = [pool.apply_async(run_one, (replace(r, progress=False), out)) for r in queue]
             results = [job.get() for job in jobs]
     for r in sorted(results, key=lambda r: (metrics.METHOD_ORDER.index(r["method"]), r["seed"])):

@@ -1,6 +1,7 @@
 """Bad input across the four command lines (train_cw10.py, train_imagenet.py, fid.py, metrics.py): every case ends
 with exit code 2 and ONE line on stderr naming the problem, and leaves the output folder as it was. The divergence
-cases (--lr 1e6) must stop within seconds, keep the last good checkpoint and write no summary."""
+cases (--lr 1e6) must stop within seconds with exit code 3, keep the last good checkpoint and write no summary.
+Faults (a full disk, signals, dead workers) are in test_faults.py."""
 import dataclasses
 import json
 import os
@@ -86,6 +87,8 @@ CW_CASES = [
     (["--path-episodes", "3"], "--path-episodes (3) must be at most --eval-episodes (2)"),
     (["--first-task-steps", "-5"], "--first-task-steps must be >= 0"),
     (["--compare", "nowhere"], "--compare needs --out FILE.png"),
+    (["--max-path-length", "1"], "--max-path-length 1 is too short for S=8, O=6, A=2"),
+    (["--out", ""], "--out must not be empty"),
 ]
 
 
@@ -135,19 +138,59 @@ def test_cw10_folder_in_use(tmp_path, capsys, cw_data):
 
 
 def test_cw10_divergence_stops_in_seconds(tmp_path, cw_data):
-    """--lr 1e6: one line naming task and step, exit 2, no summary, the kept checkpoint is finite, no MuJoCo log."""
+    """--lr 1e6: one line naming task and step, exit 3, no summary, the kept checkpoint is finite, no MuJoCo log."""
     out = tmp_path / "run"
     start = time.time()
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_cw10.py"), *CW, "--lr", "1e6", "--out", str(out),
                            "--data-dir", cw_data], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert proc.returncode == 2 and time.time() - start < 60
+    assert proc.returncode == 3 and time.time() - start < 60
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: task 1 step") and "non-finite" in err[0], proc.stderr
+    kept = "the last checkpoint (task 1, step" if (out / "checkpoint.pt").exists() else "no checkpoint was written"
+    assert "no summary written, " + kept in err[0], err
     assert not (out / "summary.json").exists() and not (tmp_path / "MUJOCO_LOG.TXT").exists()
     if (out / "checkpoint.pt").exists():
         ck = torch.load(out / "checkpoint.pt", weights_only=False)
         assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def _paths_run(folder, tasks=("hammer", "push-wall"), method="tr", seed=0, config=True):
+    """A run folder holding what --compare reads: task1_paths.npz (2 task ends, 2 episodes) and config.json."""
+    folder.mkdir(parents=True)
+    np.savez(folder / "task1_paths.npz", xyz=np.zeros((2, 2, 21, 9), np.float32), success=np.zeros((2, 2), bool),
+             tasks=np.array(tasks))
+    if config:
+        (folder / "config.json").write_text(json.dumps({"method": method, "seed": seed}))
+    return str(folder)
+
+
+def test_cw10_compare_checks_inputs_and_output_first(tmp_path, capsys, monkeypatch):
+    """--compare: rejects a traceback for a missing, truncated or config-less run folder or an unwritable output
+    folder, a picture of runs whose task sequences differ (drawn under the last run's title), and rows that share
+    a name (two runs of one method and seed, told apart by their folder)."""
+    a, b = _paths_run(tmp_path / "a"), _paths_run(tmp_path / "b", method="ewc")
+    out = str(tmp_path / "cmp" / "paths.png")
+    compare = ["--compare", a, b, "--out", out]
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "task1_paths.npz").write_bytes(open(os.path.join(a, "task1_paths.npz"), "rb").read()[:100])
+    (tmp_path / "cut" / "config.json").write_text("{}")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for argv, message in [
+        (["--compare", a, str(tmp_path / "none"), "--out", out], "task1_paths.npz not found"),
+        (["--compare", a, str(tmp_path / "cut"), "--out", out], "cut/task1_paths.npz is unreadable"),
+        (["--compare", a, _paths_run(tmp_path / "nocfg", config=False), "--out", out], "config.json not found"),
+        (["--compare", a, _paths_run(tmp_path / "other", tasks=("push", "hammer")), "--out", out],
+         "compare runs of one task sequence"),
+        (["--compare", a, b, "--out", str(blocker / "paths.png")], "cannot write --out's folder"),
+        (["--compare", a, b, "--out", str(tmp_path)], "--compare needs --out FILE.png"),
+    ]:
+        fails(cw.main, argv, message, capsys, str(tmp_path / "cmp"))
+    drawn = []
+    monkeypatch.setattr(cw.cw10_paths.figures, "paths", lambda out, rows, names, *a: drawn.append(names))
+    experiment.run(cw.main, compare[:2] + [_paths_run(tmp_path / "a2")] + compare[2:])
+    assert drawn == [["tr s0 (a)", "tr s0 (a2)", "ewc s0"]]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -196,7 +239,7 @@ def test_imagenet_divergence_stops_in_seconds(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_imagenet.py"), *IM, "--lr", "1e6", "--out",
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     err = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(err) == 1 and "non-finite" in err[0], proc.stderr
+    assert proc.returncode == 3 and len(err) == 1 and "non-finite" in err[0], proc.stderr
     assert err[0].startswith("error: task 1")
     assert not (out / "summary.json").exists()
 
@@ -234,6 +277,10 @@ def test_fid_cli(tmp_path, capsys):
     assert time.time() - start < 10
     (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
     fails(fid.main, [str(tmp_path / "bad.npz"), str(ok)], "not a readable .npz", capsys, str(ok))
+    fails(fid.main, [str(ok), str(ok), "--device", "bogus"], "--device must be auto, cpu or cuda[:i]", capsys,
+          str(ok))
+    if not torch.cuda.is_available():
+        fails(fid.main, [str(ok), str(ok), "--device", "cuda"], "CUDA is not available", capsys, str(ok))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,3 +322,18 @@ def test_aggregate_truncated_and_missing(tmp_path, capsys):
     fails(metrics.main, ["aggregate", good, str(cut), "--out", out], f"{cut}/summary.json is not readable JSON",
           capsys, out)
     fails(metrics.main, ["aggregate", good, str(tmp_path / "none"), "--out", out], "missing", capsys, out)
+
+
+def test_aggregate_refuses_wrong_results(tmp_path, capsys):
+    """aggregate: rejects a NaN score printed as "nan%", an unfinished run's summary (one of two tasks) counted as
+    a one-task result, and an empty --out that silently wrote to another folder; each names the file or flag."""
+    good = _summary(str(tmp_path / "good"))
+    out = str(tmp_path / "agg")
+    nan = _summary(str(tmp_path / "nan"), seed=1, R=[[0.9, None], [float("nan"), 0.7]])
+    err = fails(metrics.main, ["aggregate", good, nan, "--out", out], "holds a non-finite score (nan)", capsys, out)
+    assert os.path.join(nan, "summary.json") in err
+    s = metrics.build_summary("tr", 2, "cw10", ["a", "b"], [[0.9, None]], True, [], [10], metrics.SUCCESS_THRESHOLDS)
+    half = _summary(str(tmp_path / "half"), **{k: s[k] for k in ("seed", "R", "n_tasks_trained", "average")})
+    fails(metrics.main, ["aggregate", good, half, "--out", out], f"{half}/summary.json is of an unfinished run (1 of "
+                                                                f"2 tasks trained)", capsys, out)
+    fails(metrics.main, ["aggregate", good, "--out", ""], "--out must not be empty", capsys, out)
