@@ -329,9 +329,9 @@ def io_fault(e: OSError, path, doing: str = "write") -> Fault:
 
 def die_with_parent(parent_pid: int) -> None:
     """In a worker process: SIGTERM (default action: exit at once, no traceback) when its parent ends, however it
-    ends (Linux prctl PR_SET_PDEATHSIG); Ctrl-C is the parent's to handle. Exits at once if the parent is already
-    gone. The worker must not hold a run folder's lock: the scripts open it in the parent after the fork, and
-    spawned workers inherit no file descriptors."""
+    ends (Linux prctl PR_SET_PDEATHSIG), and with it any run folder lock it holds (the toy's pool); Ctrl-C is the
+    parent's to handle. Exits at once if the parent is already gone. Locks are opened close-on-exec (PEP 446), so
+    spawned workers inherit none, and the toy's pool forks before any is taken."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     libc = ctypes.CDLL(None)
@@ -448,10 +448,10 @@ def run(main, argv=None) -> None:
         _end(EXIT_BAD_INPUT, f"error: {e}")
     except Diverged as e:
         _STOPS["ending"] = True
-        folder = _RUN["folder"]
-        kept = ("no checkpoint was written" if folder is None or folder.saved is None else
-                f"the last checkpoint (task {folder.saved[0] + 1}, step {folder.saved[1]}) is kept")
-        _end(EXIT_DIVERGED, f"error: {e}; stopped, no summary written, {kept}")
+        folder = _RUN["folder"]  # None in the parent of the toy's pool: its runs' folders are the workers'
+        kept = "" if folder is None else ", no checkpoint was written" if folder.saved is None else \
+            f", the last checkpoint (task {folder.saved[0] + 1}, step {folder.saved[1]}) is kept"
+        _end(EXIT_DIVERGED, f"error: {e}; stopped, no summary written{kept}")
     except (Fault, OSError) as e:
         _STOPS["ending"] = True
         log = _traceback_file(e)

@@ -9,8 +9,8 @@ Appendix C.2.
     python train_cw10.py --grid paper --tasks hammer        # Table 5's (S, O, A) grid, single-task runs
     python train_cw10.py --bench --env-workers 2            # rollouts: serial, batched, worker processes; demos/s
     python train_cw10.py --compare RUN RUN ... --out paths.png   # Task 1's episodes after each task, a row per run
-Rerun the same command to resume a run that was stopped (Ctrl-C, kill -9): it continues from its last checkpoint
-and writes the same files an uninterrupted run writes. Training steps/s per method: python bench.py step.
+Rerun the same command to resume a run that was stopped (Ctrl-C, SIGTERM, kill -9): it continues from its last
+checkpoint and writes the same files an uninterrupted run writes. Training steps/s per method: python bench.py step.
 
 Pipeline (cw10_data.py holds the environment side): Meta-World 3.1.1 MT1 -v3 tasks with a fresh goal and object
 position at every reset -> scripted-expert demonstrations, collected in parallel and cached under data/ ->

@@ -5,7 +5,7 @@
     python train_imagenet.py --method tr --preset smoke                      # seconds; what the tests run
     python train_imagenet.py --bench                                         # DDIM sampling, FID features speed
     python train_imagenet.py --compare RUN RUN ... --out task1.png           # Task 1's samples, one row per run
-Rerun the same command to resume a run that was stopped (Ctrl-C, kill -9). Training steps/s per method:
+Rerun the same command to resume a run that was stopped (Ctrl-C, SIGTERM, kill -9). Training steps/s per method:
 `python bench.py step --model unet2d_paper --batch 128`.
 
 A label-conditioned UNet (unet.py) learns 10 tasks of 50 classes each, one after the other, with any of the six
