@@ -165,7 +165,7 @@ def r_matrix(runs, path, score_label, title):
     names = task_labels(first["task_names"][:t])
     ncol = min(len(runs), 3)
     nrow = -(-len(runs) // ncol)
-    side = max(2.6, 0.42 * t + 1.6)
+    side = max(3.4, 0.42 * t + 1.6)
     fig, axes = plt.subplots(nrow, ncol, figsize=(side * ncol + 1.0, side * nrow + 0.6), squeeze=False,
                              layout="constrained")
     fontsize = 8 if t <= 6 else 7
@@ -185,7 +185,7 @@ def r_matrix(runs, path, score_label, title):
                      fontsize=9)
     for ax in axes.flat[len(runs):]:
         ax.set_axis_off()
-    fig.colorbar(image, ax=axes, label=bar, shrink=0.8)
+    fig.colorbar(image, ax=axes, shrink=0.8).set_label(bar, fontsize=9)
     fig.suptitle(f"{title}\nR[i][j] = {score_label} of task j after training task i", fontsize=10)
     return _save(fig, path)
 
@@ -205,7 +205,7 @@ def paths(path, rows, row_names, col_names, title):
     pts = np.concatenate([c["xyz"].numpy().reshape(-1, 3, 3)[:, :, :2].reshape(-1, 2) for c in cells])
     lo, hi = pts.min(0) - 0.02, pts.max(0) + 0.02
     ncol, episodes = len(col_names), max(len(c["success"]) for c in cells)
-    width = max(1.9 * ncol + 0.9, 4.5)
+    width = max(1.9 * ncol + 0.9, 5.0)
     fig, axes = plt.subplots(len(rows), ncol, figsize=(width, 2.0 * len(rows) + 0.8), squeeze=False,
                              sharex=True, sharey=True)
     for r, row in enumerate(rows):
@@ -249,6 +249,6 @@ def paths(path, rows, row_names, col_names, title):
              for e in range(episodes)]]
     fig.legend(handles=key, loc="upper left", bbox_to_anchor=(1.0, 0.98), fontsize=7, frameon=False,
                title="key (colour = which\nevaluation episode)", title_fontsize=7, alignment="left")
-    fig.suptitle(textwrap.fill(title, width=max(40, int(13 * width))), fontsize=9)
+    fig.suptitle(textwrap.fill(title, width=int(13 * width)), fontsize=9)
     fig.tight_layout()
     return _save(fig, path, dpi=110)
