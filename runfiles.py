@@ -75,10 +75,14 @@ def lock_folder(folder: str):
         holder = f.read().strip() or "another process"
         f.close()
         raise ValueError(f"{folder} is in use by process {holder} (one run per folder)") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+    except OSError as e:  # a full disk
+        f.close()
+        raise io_fault(e, f.name) from e
     return f
 
 

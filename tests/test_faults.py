@@ -97,12 +97,12 @@ def toy_reference(tmp_path_factory):
 # a full disk
 
 
-@pytest.mark.parametrize("name,after", [("checkpoint.pt", 1), ("metrics.jsonl", 5), ("samples.npz", 0),
+@pytest.mark.parametrize("name,after", [(".lock", 0), ("checkpoint.pt", 1), ("metrics.jsonl", 5), ("samples.npz", 0),
                                         ("summary.json", 0), ("table1.md", 0), ("figure2_toy.png", 0)])
 def test_full_disk_at_each_kind_of_write(name, after, tmp_path, monkeypatch, capsys, toy_reference):
-    """A full disk while writing a checkpoint, a metrics record, the samples, the summary, a table or a figure:
-    rejects a traceback, exit 1, a temporary or half-written file left behind, and a rerun that does not finish
-    the run's files exactly as an uninterrupted run writes them."""
+    """A full disk while taking the run folder's lock, writing a checkpoint, a metrics record, the samples, the
+    summary, a table or a figure: rejects a traceback, exit 1, a line that names no file, a temporary or
+    half-written file left behind, and a rerun that does not finish the run's files as an uninterrupted run does."""
     out = str(tmp_path / "toy")
     failed = full_disk(monkeypatch, name, after)
     err = ends(train_toy.main, TOY + ["--out", out], runfiles.EXIT_FAULT, capsys)

@@ -113,7 +113,7 @@ def main():
         out = os.path.join(W, f"disk_{name}")
         argv = CW + ["--out", out, "--data-dir", data]
         code, err = call(["results/faults/inject.py", name, str(after), *argv])
-        row(f"full disk writing {name} (injected{', the ' + str(after + 1) + 'th' if after else ''})",
+        row(f"full disk writing {name} (injected{f'; {after} such writes succeed first' if after else ''})",
             ["results/faults/inject.py", name, str(after), *argv], code, err, rerun_and_compare(argv, out, refs["cw"]))
 
     # 2. SIGTERM during training and during rollouts; Ctrl-C
@@ -161,9 +161,9 @@ def main():
             assert call(argv[:-1] + [ref])[0] == 0
         code, rerr = call(argv)
         same_all = [same(os.path.join(out, m), os.path.join(ref, m)) for m in ("finetune-s0", "tr-s0")]
-        row(f"the toy's parent stopped (kill -{sig.name[3:]}) while its pool trains 2 runs", argv, p.returncode,
-            err + f"\n[{len(alive)} of {len(kids)} workers alive 2 s later]",
-            f"rerun exit {code}, " + ", ".join(same_all) if code else ", ".join(same_all))
+        row(f"the toy's parent stopped (kill -{sig.name[3:]}) while its pool trains 2 runs", argv, p.returncode, err,
+            f"{len(alive)} of {len(kids)} workers alive 2 s later; the rerun: "
+            + (f"exit {code}, {rerr.strip()[-200:]}" if code else ", ".join(same_all)))
 
     # 5. a garbage metrics.jsonl line on resume: nothing changed, the file and line named
     out = os.path.join(W, "garbage")
