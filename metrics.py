@@ -422,8 +422,9 @@ def commits_note(summaries):
     count = {}
     for s in summaries:
         starts = s.get("provenance", {}).get("starts") or [{}]
-        key = ", ".join(dict.fromkeys(f"{(p.get('commit') or 'unrecorded')[:7]}{'+dirty' if p.get('dirty') else ''}"
-                                      for p in starts))
+        named = [(p["commit"][:7] if p.get("commit") else "unrecorded") + ("+dirty" if p.get("dirty") else "")
+                 for p in starts]
+        key = ", ".join(dict.fromkeys(named))
         count[key] = count.get(key, 0) + 1
     return "Made at commit " + "; ".join(f"{k} ({n} run{'s' * (n > 1)})" for k, n in count.items()) + ".\n"
 
