@@ -234,9 +234,12 @@ class RunFolder:
 
     def _open(self) -> None:
         check_writable(self.out, "the run folder")
+        missing = [self.out]  # the folders this run creates, innermost first (removed again if it never begins)
+        while not os.path.exists(os.path.dirname(os.path.abspath(missing[-1]))):
+            missing.append(os.path.dirname(os.path.abspath(missing[-1])))
         if not os.path.isdir(self.out):
             os.makedirs(self.out)
-            self._created.append(self.out)
+            self._created += missing[::-1]
         if not os.path.exists(self.path(".lock")):
             self._created.append(self.path(".lock"))
         self._lock = runfiles.lock_folder(self.out)

@@ -81,7 +81,8 @@ def lock_folder(folder: str):
         f.write(str(os.getpid()))
         f.flush()
     except OSError as e:  # a full disk
-        f.close()
+        with contextlib.suppress(OSError):
+            f.close()  # closes the file even where its flush fails again
         raise io_fault(e, f.name) from e
     return f
 
