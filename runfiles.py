@@ -332,6 +332,14 @@ def io_fault(e: OSError, path, doing: str = "write") -> Fault:
     return Fault(f"cannot {doing} {path}: {e.strerror or e}; {todo}")
 
 
+def term_with_parent() -> None:
+    """This process gets SIGTERM when its parent ends, however it ends (Linux prctl PR_SET_PDEATHSIG; elsewhere
+    nothing)."""
+    libc = ctypes.CDLL(None)
+    if hasattr(libc, "prctl"):
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+
 def die_with_parent(parent_pid: int) -> None:
     """In a worker process: SIGTERM (default action: exit at once, no traceback) when its parent ends, however it
     ends (Linux prctl PR_SET_PDEATHSIG), and with it any run folder lock it holds (the toy's pool); Ctrl-C is the
@@ -339,9 +347,7 @@ def die_with_parent(parent_pid: int) -> None:
     spawned workers inherit none, and the toy's pool forks before any is taken."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    libc = ctypes.CDLL(None)
-    if hasattr(libc, "prctl"):
-        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    term_with_parent()
     if os.getppid() != parent_pid:  # the parent ended before the prctl
         os._exit(0)
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import ctypes
 import dataclasses
 import datetime
 import fcntl
@@ -235,9 +234,7 @@ def child_setup() -> None:
     """In the run's process before exec: Slurm's warning signal (USR2) is for submitit only, and the run gets
     SIGTERM when its parent (the sweep, the submitit job) dies."""
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    libc = ctypes.CDLL(None)
-    if hasattr(libc, "prctl"):  # Linux
-        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    runfiles.term_with_parent()
 
 
 def start_process(cmd, env, log: str, cwd: str) -> subprocess.Popen:

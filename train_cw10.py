@@ -150,7 +150,7 @@ PRESETS = {
                    replay_windows=40, demos_per_task=50, ddim_steps=5, eval_episodes=20, curve="50,250",
                    curve_episodes=20, rollout_batch=20, log_every=50, checkpoint_every=250),
     # one H100 with 16 cores, three methods at once: the small model at batch 256, compiled (auto).
-    # A first guess, NOT yet run on a GPU (no device time left, 2026-11-25): size it from `gpu_runs.sh measure`
+    # A first guess, NOT yet run on a GPU (no device time left, 2026-11-25): size it from `bench.py step --device cuda`
     "gpu": dict(model="small", batch_size=256, lr=1e-3, steps_per_task=3000, fisher_samples=2048,
                 replay_rollouts=20, replay_windows=40, demos_per_task=100, ddim_steps=10, eval_episodes=20,
                 curve="500,1000,1500,2000,3000", curve_episodes=20, rollout_batch=20, env_workers=4, workers=5,

@@ -171,7 +171,7 @@ BUGS = [
     # cw10_data.py: the training windows and the rollouts
     ("cw10_data.py", "self.obs[e[:, None], t[:, : self.O]]", "self.obs[e[:, None], t[:, -self.O:]]",
      "a training window's cond from its last O frames instead of its first"),
-    ("cw10_data.py", "self.per_episode = T - S + A + O - 1", "self.per_episode = T - S + O",
+    ("cw10_data.py", "    return T - S + A + O - 1", "    return T - S + O",
      "no end padding: the last A - 1 window starts of each episode dropped"),
     ("cw10_data.py", "chunk = x0[:, O - 1: O - 1 + A]", "chunk = x0[:, 0: A]",
      "rollout executes actions[0:A] instead of [O-1:O-1+A] (O - 1 steps behind the training window)"),
