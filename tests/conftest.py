@@ -13,7 +13,7 @@ def result(path) -> dict:
     same command must agree on, however often either was stopped and resumed."""
     with open(path, encoding="utf-8") as f:
         summary = json.load(f)
-    assert "provenance" in summary and summary["provenance"]["starts"][-1]["commit"] is not None, path
+    assert "provenance" in summary, path
     summary.pop("provenance")
     return summary
 

@@ -96,11 +96,15 @@ def test_runs_record_what_made_them(smoke):
         made = json.loads((run / "summary.json").read_text())["provenance"]
         assert made["starts"] == starts and len(starts) == 1
         p = starts[0]
-        assert p["commit"] == head and isinstance(p["dirty"], bool) and p["device"] == "cpu" and p["threads"] >= 1
+        if head:  # a git checkout (the planted-bug check runs in a copy without .git: no commit to name)
+            assert p["commit"] == head and isinstance(p["dirty"], bool)
+        else:
+            assert p["commit"] is None and p["dirty"] is None
+        assert p["device"] == "cpu" and p["threads"] >= 1
         assert p["versions"]["torch"] == torch.__version__ and p["versions"]["numpy"] == np.__version__
         assert p["host"] and p["started"] <= made["ended"]
         assert made["wall_s"] + 0.002 >= made["train_s"] + made["eval_s"] and made["train_s"] > 0 and made["eval_s"] > 0
-    assert f"Made at commit {head[:7]}" in (out / "table1.md").read_text()
+    assert f"Made at commit {head[:7] or 'unrecorded'}" in (out / "table1.md").read_text()
 
 
 def test_rerun_resumes_and_changes_nothing(smoke):
