@@ -5,9 +5,9 @@ same command run again finishes with the summary.json (without provenance) and m
 run. Most cases run in-process on the smoke presets with a writer made to fail or a signal sent to this process at
 a chosen step; the toy pool's parent is killed in a subprocess."""
 import dataclasses
-import errno
 import fcntl
 import glob
+import importlib.util
 import json
 import os
 import shutil
@@ -26,6 +26,9 @@ import train_toy
 from conftest import result
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SPEC = importlib.util.spec_from_file_location("inject", os.path.join(ROOT, "results", "faults", "inject.py"))
+INJECT = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(INJECT)
 TOY = ["--preset", "smoke", "--method", "tr", "--workers", "1"]
 CW = ["--preset", "smoke", "--threads", "1", "--method", "replay"]
 
@@ -54,35 +57,10 @@ def same_run(folder, reference) -> None:
 
 def full_disk(monkeypatch, name: str, after: int = 0) -> list:
     """Every write to a file whose name starts with `name` (the atomic writers' temporary files included), from the
-    (after + 1)-th file opened on, raises OSError(ENOSPC) as a full disk does. Returns the list of paths failed."""
-    real_open, seen, failed = open, [], []
-
-    class Full:
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, data):
-            failed.append(self.f.name)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def __getattr__(self, attr):
-            return getattr(self.f, attr)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    def patched(path, mode="r", *args, **kwargs):
-        f = real_open(path, mode, *args, **kwargs)
-        if any(c in mode for c in "wa") and os.path.basename(os.fspath(path)).startswith(name):
-            seen.append(path)
-            if len(seen) > after:
-                return Full(f)
-        return f
-
-    monkeypatch.setattr(runfiles, "open", patched, raising=False)
+    (after + 1)-th file opened on, raises OSError(ENOSPC) as a full disk does (results/faults/inject.py's writer,
+    the one its measurement uses). Returns the list of paths failed."""
+    failed = []
+    monkeypatch.setattr(runfiles, "open", INJECT.full_disk_open(name, after, failed), raising=False)
     return failed
 
 
