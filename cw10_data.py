@@ -24,6 +24,7 @@ Deviations from the paper:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -175,9 +176,7 @@ def collect_demos(cfg, task: str) -> dict:
     chunk = max(1, min(25, n // workers or 1))
     kept, attempted = [], 0
     bar = tqdm(total=n, desc=f"demos {task}", disable=not cfg.progress)
-    pool = multiprocessing.get_context("spawn").Pool(workers, runfiles.die_with_parent, (os.getpid(),)) \
-        if workers > 1 else None
-    try:
+    with runfiles.worker_pool(workers) if workers > 1 else contextlib.nullcontext() as pool, bar:
         while len(kept) < n:
             runfiles.require(attempted <= 4 * n + 100, f"{task}: the expert succeeded on only {len(kept)} of "
                                                             f"{attempted} episodes")
@@ -185,15 +184,11 @@ def collect_demos(cfg, task: str) -> dict:
             jobs = [(task, episode_seeds(EPISODES_DEMO, cfg.demo_seed, task, a, min(chunk, attempted + budget - a)), T)
                     for a in range(attempted, attempted + budget, chunk)]
             attempted += budget
-            results = pool.imap(_collect_job, jobs) if pool else map(_collect_job, jobs)
-            for (_, seeds, _), (o, a, ok) in zip(jobs, results):
+            results = pool.map(_collect_job, jobs) if pool else map(_collect_job, jobs)
+            for (_, seeds, _), (o, a, ok) in zip(jobs, runfiles.pool_results(results, f"collecting {task}'s demos")):
                 for i in np.flatnonzero(ok | (cfg.demo_keep == "all"))[: n - len(kept)]:
                     kept.append((o[i], a[i], ok[i], seeds[i]))
                 bar.update(len(kept) - bar.n)
-    finally:
-        bar.close()
-        if pool:
-            pool.terminate()
     return {"obs": np.stack([k[0] for k in kept]), "actions": np.stack([k[1] for k in kept]),
             "success": np.array([k[2] for k in kept]), "seeds": np.array([k[3] for k in kept], np.int64),
             "attempted": np.int64(attempted), "task": np.str_(task), "max_path_length": np.int64(T)}

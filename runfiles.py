@@ -16,17 +16,19 @@ module).
                     of them with the run's wall times (metrics.py aggregate names the commits a table mixes)
     endings         run(main): every failure of a script ends in one line on stderr and an exit code (EXIT_*):
                     2 bad input (nothing written), 3 divergence (Diverged), 74 a fault of the machine (Fault,
-                    OSError: a full disk, an unreadable file, a worker process that died), 130 Ctrl-C, 143 SIGTERM
+                    OSError: a full disk, an unreadable file, a worker process that died: worker_pool), 130 Ctrl-C, 143 SIGTERM
                     (both: a checkpoint at the next safe point, then "rerun the same command to resume"), 1 a bug
-                    (the line names the log file with the traceback). Worker processes die_with_parent.
+                    (the line names the log file with the traceback). Worker processes die_with_parent (worker_pool).
 """
 import argparse
+import concurrent.futures
 import contextlib
 import ctypes
 import errno
 import fcntl
 import importlib.metadata
 import json
+import multiprocessing
 import os
 import platform
 import signal
@@ -350,6 +352,33 @@ def die_with_parent(parent_pid: int) -> None:
     term_with_parent()
     if os.getppid() != parent_pid:  # the parent ended before the prctl
         os._exit(0)
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, start_method: str = "spawn"):
+    """A process pool whose workers die_with_parent and are killed when the block ends on an exception (Ctrl-C too:
+    the interpreter would otherwise wait at exit for their tasks). concurrent.futures, not multiprocessing.Pool:
+    when a worker dies (killed, out of memory) Pool starts another and waits forever for the lost task, while
+    ProcessPoolExecutor fails every pending result with BrokenProcessPool, which pool_results makes a Fault."""
+    pool = concurrent.futures.ProcessPoolExecutor(workers, multiprocessing.get_context(start_method),
+                                                  initializer=die_with_parent, initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BaseException:
+        for proc in list((pool._processes or {}).values()):  # no public way to stop a running task
+            proc.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def pool_results(results, what: str):
+    """Yield from an iterable of a worker_pool's results (its map, or future.result() calls); a dead worker is a
+    Fault naming `what` the workers were doing."""
+    try:
+        yield from results
+    except concurrent.futures.BrokenExecutor:  # BrokenProcessPool
+        raise Fault(f"a worker process {what} died; rerun the same command to resume") from None
 
 
 _STOPS = {"defer": False, "pending": None, "ending": False}

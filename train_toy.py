@@ -399,12 +399,6 @@ def run_one(cfg: Config, out: str) -> dict:
         return train(cfg, folder, data, device)
 
 
-def _worker_init(parent: int) -> None:
-    """A pool worker ends with its parent, however the parent ends (runfiles.die_with_parent: its run folder's lock
-    goes with it); Ctrl-C and SIGTERM are the parent's: it stops the pool, one line, exit 130 / 143."""
-    runfiles.die_with_parent(parent)
-
-
 def plot_samples(out: str, runs: list[Config], cfg: Config) -> str:
     """samples.png: one row per method (its first seed), one column per task; the task's generated points coloured
     by class over every task's held-out points in grey, on the whole canvas (a forgotten class lands elsewhere)."""
@@ -451,9 +445,9 @@ def main(argv=None) -> None:
     else:  # one process per run at a time, no bars; the slowest methods first
         queue = sorted(runs, key=lambda r: LONGEST_FIRST.index(r.method))
         start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"  # fork: no re-imports
-        with multiprocessing.get_context(start_method).Pool(workers, _worker_init, (os.getpid(),)) as pool:
-            jobs = [pool.apply_async(run_one, (replace(r, progress=False), out)) for r in queue]
-            results = [job.get() for job in jobs]
+        with runfiles.worker_pool(workers, start_method) as pool:
+            jobs = [pool.submit(run_one, replace(r, progress=False), out) for r in queue]
+            results = list(runfiles.pool_results((job.result() for job in jobs), "training a toy run"))
     for r in sorted(results, key=lambda r: (metrics.METHOD_ORDER.index(r["method"]), r["seed"])):
         forgetting = "n/a" if r["forgetting"] is None else f"{r['forgetting']:.1f}"
         print(f"{r['method']:>8} seed {r['seed']}: average FD {r['average']:.1f}, forgetting {forgetting} "

@@ -1,9 +1,10 @@
 """Faults, not bad input: a full disk at each kind of write, SIGTERM during training and during rollouts, a killed
-environment worker, a killed parent of the toy's pool, a garbage metrics.jsonl line on resume, an unexpected error.
-Each ends in ONE line on stderr with its exit code (runfiles.EXIT_*), leaves no partial or temporary file, and the
-same command run again finishes with the summary.json (without provenance) and metrics.jsonl of an uninterrupted
-run. Most cases run in-process on the smoke presets with a writer made to fail or a signal sent to this process at
-a chosen step; the toy pool's parent is killed in a subprocess."""
+environment worker, a killed demo-collection worker, a killed parent or worker of the toy's pool, a garbage
+metrics.jsonl line on resume, an unexpected error. Each ends in ONE line on stderr with its exit code
+(runfiles.EXIT_*), leaves no partial or temporary file, and the same command run again finishes with the
+summary.json (without provenance) and metrics.jsonl of an uninterrupted run. Most cases run in-process on the smoke
+presets with a writer made to fail or a signal sent to this process at a chosen step; the toy pool is killed in a
+subprocess."""
 import dataclasses
 import fcntl
 import glob
@@ -14,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -113,6 +115,54 @@ def test_full_disk_while_caching_demos(tmp_path, monkeypatch):
     monkeypatch.undo()
     cw10_data.ensure_demos(cfg, ["hammer"])
     assert os.listdir(tmp_path / "data") == [os.path.basename(cw10_data.demo_path(cfg, "hammer"))]
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is pid and whose command line is a multiprocessing worker's (spawn_main)."""
+    found = []
+    for d in glob.glob("/proc/[0-9]*"):
+        try:
+            with open(f"{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"{d}/cmdline", "rb") as f:
+                worker = b"spawn_main" in f.read()
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+        if ppid == pid and worker:
+            found.append(int(os.path.basename(d)))
+    return found
+
+
+def test_killed_demo_worker(tmp_path):
+    """kill -9 of a demo-collection worker: rejects a collection that waits forever for the lost episodes
+    (multiprocessing.Pool did), anything but a Fault naming what the worker did, workers left running, and a
+    cache file written from part of the demos."""
+    cfg = dataclasses.replace(cw.Config(**cw.PRESETS["smoke"]), data_dir=str(tmp_path / "data"), workers=2,
+                              demos_per_task=200)
+    killed = []
+
+    def kill_first_worker():
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            for pid in children(os.getpid()):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_first_worker)
+    killer.start()
+    start = time.time()
+    with pytest.raises(runfiles.Fault, match="^a worker process collecting hammer's demos died; rerun the same "
+                                             "command to resume$"):
+        cw10_data.ensure_demos(cfg, ["hammer"])
+    killer.join()
+    assert killed and time.time() - start < 60
+    deadline = time.time() + 10
+    while time.time() < deadline and children(os.getpid()):
+        time.sleep(0.05)
+    assert not children(os.getpid()), "a demo worker outlived the failed collection"
+    assert not os.path.exists(tmp_path / "data") or os.listdir(tmp_path / "data") == []
 
 
 def test_atomic_writers_of_two_processes_do_not_collide(tmp_path):
@@ -242,11 +292,13 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_toy_pool_workers_end_with_their_parent(sig, tmp_path):
-    """kill -9 or SIGTERM of train_toy.py while its pool trains two runs: rejects workers that outlive the parent
-    (they held the run folders' locks, so the rerun was refused "in use by process ..."), BrokenPipeError
-    tracebacks, and (SIGTERM) an ending other than one line and exit 143."""
+@pytest.mark.parametrize("target,sig", [("parent", signal.SIGKILL), ("parent", signal.SIGTERM),
+                                        ("worker", signal.SIGKILL)])
+def test_toy_pool_workers_end_with_their_parent(target, sig, tmp_path):
+    """kill -9 or SIGTERM of train_toy.py while its pool trains two runs, or kill -9 of one of its workers: rejects
+    workers that outlive the parent (they held the run folders' locks, so the rerun was refused "in use by process
+    ..."), BrokenPipeError tracebacks, (SIGTERM) an ending other than one line and exit 143, and (a dead worker) a
+    parent that waits forever for the lost run (multiprocessing.Pool did) or ends other than in one line and 74."""
     out = tmp_path / "toy"
     cmd = [sys.executable, os.path.join(ROOT, "train_toy.py"), "--preset", "smoke", "--method", "finetune,ewc",
            "--workers", "2", "--steps-per-task", "3000", "--out", str(out)]
@@ -258,7 +310,10 @@ def test_toy_pool_workers_end_with_their_parent(sig, tmp_path):
         time.sleep(0.05)
     workers = [lock_holder(f) for f in folders]
     assert all(workers) and proc.pid not in workers
-    proc.send_signal(sig)
+    if target == "parent":
+        proc.send_signal(sig)
+    else:
+        os.kill(workers[0], sig)
     err = proc.communicate(timeout=60)[1]
     deadline = time.time() + 10
     while time.time() < deadline and any(lock_holder(f) or alive(pid) for f, pid in zip(folders, workers)):
@@ -269,6 +324,9 @@ def test_toy_pool_workers_end_with_their_parent(sig, tmp_path):
     if sig == signal.SIGTERM:
         assert proc.returncode == runfiles.EXIT_TERMINATED and err.strip() == \
             "stopped by SIGTERM; rerun the same command to resume", err
+    if target == "worker":
+        assert proc.returncode == runfiles.EXIT_FAULT and len(err.strip().splitlines()) == 1 and err.startswith(
+            "error: a worker process training a toy run died; rerun the same command to resume (traceback: "), err
 
 
 # ---------------------------------------------------------------------------------------------------------------
