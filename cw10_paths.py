@@ -31,26 +31,23 @@ def task_paths(paths: list, n: int, max_path_length: int) -> dict:
             "success": torch.from_numpy(np.concatenate(ok)[:n])}
 
 
-def with_scores(paths: list[dict], run_dir: str) -> list[dict]:
+def with_scores(paths: list[dict], summary: dict | None) -> list[dict]:
     """paths' dicts with Task 1's R entry after each task ("R") and how many evaluation episodes it counts
-    ("episodes"), from the run's summary.json when there is one (the panel titles of figures.paths)."""
-    path = os.path.join(run_dir, "summary.json")
-    if not os.path.isfile(path):
+    ("episodes"), from the run's summary (summary.json) when there is one (the panel titles of figures.paths)."""
+    if summary is None:
         return paths
-    with open(path, encoding="utf-8") as f:
-        s = json.load(f)
-    n = s.get("extra", {}).get("eval_episodes")
-    return [{**p, "R": row[0], "episodes": n} for p, row in zip(paths, s["R"])]
+    n = summary.get("extra", {}).get("eval_episodes")
+    return [{**p, "R": row[0], "episodes": n} for p, row in zip(paths, summary["R"])]
 
 
-def write_paths(out_dir: str, paths: list[dict], tasks: list[str], name: str) -> None:
+def write_paths(out_dir: str, paths: list[dict], tasks: list[str], name: str, summary: dict) -> None:
     """task1_paths.npz (xyz (K, E, T+1, 9), success (K, E): Task 1's episodes after tasks 1..K) and task1_paths.png
-    (one row, a column per task end) in a run folder, both atomic."""
+    (one row, a column per task end; R from the run's summary) in a run folder, both atomic."""
     path = os.path.join(out_dir, "task1_paths.npz")
     runfiles.atomic_write(path, "wb", lambda f: np.savez_compressed(
         f, xyz=np.stack([p["xyz"].numpy() for p in paths]), success=np.stack([p["success"].numpy() for p in paths]),
         tasks=np.array(tasks)))
-    figures.paths(os.path.join(out_dir, "task1_paths.png"), [with_scores(paths, out_dir)], [name],
+    figures.paths(os.path.join(out_dir, "task1_paths.png"), [with_scores(paths, summary)], [name],
                   [f"after T{k + 1}" for k in range(len(paths))],
                   f"Task 1 ({tasks[0]}) seen from above after each task, {name}")
 
@@ -71,7 +68,13 @@ def _read_run(d: str) -> tuple[dict, list[str], list[dict]]:
     try:
         with open(config, encoding="utf-8") as f:
             cfg = json.load(f)
-        rows = with_scores([{"xyz": torch.from_numpy(x), "success": torch.from_numpy(s)} for x, s in zip(xyz, ok)], d)
+        summary_path = os.path.join(d, "summary.json")
+        summary = None
+        if os.path.isfile(summary_path):
+            with open(summary_path, encoding="utf-8") as f:
+                summary = json.load(f)
+        rows = with_scores([{"xyz": torch.from_numpy(x), "success": torch.from_numpy(s)} for x, s in zip(xyz, ok)],
+                           summary)
         runfiles.require(isinstance(cfg, dict) and "method" in cfg and "seed" in cfg, "no method or seed")
     except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
         raise ValueError(f"{d}: config.json or summary.json is unreadable ({type(e).__name__}: {e}); leave it "

@@ -330,8 +330,9 @@ def train(cfg: Config, folder: experiment.RunFolder, device) -> dict:
 
 
 def write_summary(cfg: Config, folder, state: dict, tasks: list[str]) -> dict:
-    """The finished run's summary.md, figures, summary.json (metrics.write_run_outputs), then task1_paths (npz, png;
-    their titles read summary.json); a rerun of a finished run writes them all again."""
+    """The finished run's task1_paths (npz, png), then summary.md, figures and, last, summary.json
+    (metrics.write_run_outputs): a folder with a summary.json has every file; a rerun of a finished run writes them
+    all again."""
     curves = {int(j): c for j, c in state["curves"].items()}
     summary = metrics.build_summary(
         cfg.method, cfg.seed, "cw10", tasks, state["R"], True, curves.pop(0, []), state["transitions"],
@@ -340,10 +341,10 @@ def write_summary(cfg: Config, folder, state: dict, tasks: list[str]) -> dict:
                "curve_episodes": cfg.curve_episodes, "ddim_steps": cfg.ddim_steps,
                "model": cfg.model, "steps_per_task": cfg.steps_per_task,
                "first_task_steps": cfg.first_task_steps, "prediction": cfg.prediction, "fisher": cfg.fisher})
+    if state.get("paths"):
+        cw10_paths.write_paths(folder.out, state["paths"], tasks, f"{cfg.method} s{cfg.seed}", summary)
     metrics.write_run_outputs(folder.out, summary, "Task 1 success rate",
                               f"CW10 Task 1 ({tasks[0]}), {cfg.method}, seed {cfg.seed}")
-    if state.get("paths"):
-        cw10_paths.write_paths(folder.out, state["paths"], tasks, f"{cfg.method} s{cfg.seed}")
     return summary
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -210,7 +210,7 @@ def test_write_paths_and_compare_put_r_beside_the_episodes_shown(tmp_path, monke
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     (tmp_path / "config.json").write_text(json.dumps({"method": "tr", "seed": 0}))
     cells = [_cell([True, False]) for _ in range(3)]
-    cw10_paths.write_paths(str(tmp_path), cells, NAMES, "tr s0")
+    cw10_paths.write_paths(str(tmp_path), cells, NAMES, "tr s0", summary)
     cw10_paths.compare([str(tmp_path)], str(tmp_path / "cmp.png"))
     assert len(drawn) == 2
     for _, rows, *_ in drawn:
