@@ -338,17 +338,25 @@ def save_curve_grid(out_dir: str, points: list) -> None:
 
 def compare(run_dirs: list[str], out: str) -> None:
     """One PNG, one row per run: Task 1's samples after Task 1 and after the run's last task (from samples.npz),
-    e.g. every method of a seed side by side. The runs must share the sampler noise (seed) to compare like with like."""
-    cells, names = [], []
+    e.g. every method of a seed side by side. The runs must share the sampler noise (seed) to compare like with
+    like. Every input is read and checked, and `out` checked, before anything is written (ValueError, one line)."""
+    runfiles.require(not os.path.isdir(out), f"--out {out} is a folder; name a .png file")
+    runfiles.check_writable(os.path.dirname(os.path.abspath(out)), "--out's folder")
+    cells, names, lasts = [], [], set()
     for d in run_dirs:
-        path = os.path.join(d, "samples.npz")
-        if not os.path.isfile(path):
-            raise ValueError(f"{path} not found (written at every task end of a run)")
-        with np.load(path) as z, open(os.path.join(d, "config.json"), encoding="utf-8") as f:
-            cfg, last = json.load(f), max(int(key[5:]) for key in z.files)
-            cells.append([z["after1"][0], z[f"after{last}"][0]])
-        names.append(f"{cfg['method']} s{cfg['seed']}")
-    if len({c[0].shape for c in cells}) != 1:
-        raise ValueError("--compare: the runs' samples differ in image size")
-    save_grid(out, cells, names, ["Task 1 after T1", f"Task 1 after T{last} (last)"])
+        path, config = os.path.join(d, "samples.npz"), os.path.join(d, "config.json")
+        runfiles.require(os.path.isfile(path), f"{path} not found (written at every task end of a run)")
+        runfiles.require(os.path.isfile(config), f"{config} not found: {d} is not a run folder")
+        try:
+            with np.load(path, allow_pickle=False) as z, open(config, encoding="utf-8") as f:
+                cfg, last = json.load(f), max(int(key[5:]) for key in z.files if key.startswith("after"))
+                cells.append([z["after1"][0], z[f"after{last}"][0]])
+            names.append(f"{cfg['method']} s{cfg['seed']}")
+        except Exception as e:  # zip / npy / JSON errors, a missing key, no "after" arrays
+            raise ValueError(f"{d}: samples.npz or config.json is unreadable ({type(e).__name__}); rerun that run's "
+                             f"command to write it again, or leave {d} out") from None
+        lasts.add(last)
+    runfiles.require(len({c[0].shape for c in cells}) == 1, "--compare: the runs' samples differ in image size")
+    last = f"T{lasts.pop()}" if len(lasts) == 1 else "its last task"
+    save_grid(out, cells, names, ["Task 1 after T1", f"Task 1 after {last}"])
     print(f"wrote {out}")

@@ -234,6 +234,47 @@ def test_imagenet_paths(tmp_path, capsys):
           "not a readable torch weights file", capsys, str(tmp_path / "run"))
 
 
+def _samples_run(folder, tasks=2, size=8, method="tr", seed=0, config=True):
+    """A run folder holding what train_imagenet.py --compare reads: samples.npz (after1 .. after<tasks>) and
+    config.json."""
+    folder.mkdir(parents=True)
+    np.savez(folder / "samples.npz", **{f"after{i}": np.zeros((i, 2, 3, size, size), np.uint8)
+                                        for i in range(1, tasks + 1)})
+    if config:
+        (folder / "config.json").write_text(json.dumps({"method": method, "seed": seed}))
+    return str(folder)
+
+
+def test_imagenet_compare_checks_inputs_and_output_first(tmp_path, capsys, monkeypatch):
+    """--compare: rejects a traceback for a missing, truncated or config-less run folder, runs of different image
+    sizes or an unwritable output, and a column title taken from the last run when the runs end at different
+    tasks."""
+    a, b = _samples_run(tmp_path / "a"), _samples_run(tmp_path / "b", method="ewc")
+    out = str(tmp_path / "cmp" / "samples.png")
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "samples.npz").write_bytes(open(os.path.join(a, "samples.npz"), "rb").read()[:100])
+    (tmp_path / "cut" / "config.json").write_text("{}")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    (tmp_path / "dir.png").mkdir()
+    for argv, message in [
+        (["--compare", a, str(tmp_path / "none"), "--out", out], "none/samples.npz not found"),
+        (["--compare", a, str(tmp_path / "cut"), "--out", out], "cut: samples.npz or config.json is unreadable"),
+        (["--compare", a, _samples_run(tmp_path / "nocfg", config=False), "--out", out], "config.json not found"),
+        (["--compare", a, _samples_run(tmp_path / "big", size=16), "--out", out], "differ in image size"),
+        (["--compare", a, b, "--out", str(blocker / "samples.png")], "cannot write --out's folder"),
+        (["--compare", a, b, "--out", str(tmp_path / "dir.png")], "dir.png is a folder; name a .png file"),
+        (["--compare", a, b, "--out", str(tmp_path / "samples.jpg")], "--compare needs --out FILE.png"),
+    ]:
+        fails(ti.main, argv, message, capsys, str(tmp_path / "cmp"))
+    drawn = []
+    monkeypatch.setattr(image_data, "save_grid", lambda out, cells, names, titles: drawn.append((names, titles)))
+    experiment.run(ti.main, ["--compare", a, b, "--out", out])
+    experiment.run(ti.main, ["--compare", a, _samples_run(tmp_path / "three", tasks=3), "--out", out])
+    assert drawn == [(["tr s0", "ewc s0"], ["Task 1 after T1", "Task 1 after T2"]),
+                     (["tr s0", "tr s0"], ["Task 1 after T1", "Task 1 after its last task"])]
+
+
 def test_imagenet_divergence_stops_in_seconds(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_imagenet.py"), *IM, "--lr", "1e6", "--out",
