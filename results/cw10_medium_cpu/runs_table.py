@@ -1,7 +1,7 @@
 """One row per CW10 run: each task's own success right after it (the diagonal of R), how many reach 0.5, the
 average success and forgetting, Task 1 at the end, and the costs (wall time from `/usr/bin/time -v`, kept in the
 run's time.txt, else the wall time summary.json records; s/step and minutes of evaluation rollouts from the
-timing.json of the committed runs, "—" without one). F is Continual World's, as in `metrics.table1`, recomputed
+timing.json of the first committed runs, else from the training and evaluation times summary.json records). F is Continual World's, as in `metrics.table1`, recomputed
 from each summary's per-task forgetting: the mean over all N tasks, the last one's 0 included. Then, per method,
 the diagonal averaged over its seeds and how many of those means reach 0.5. Reads run files only.
 
@@ -34,6 +34,10 @@ def main(run_dirs):
         s = json.loads((d / "summary.json").read_text())
         forgetting = sum(s["per_task_forgetting"]) / s["n_tasks_trained"]
         timing = json.loads((d / "timing.json").read_text()) if (d / "timing.json").exists() else None
+        made = s.get("provenance", {})
+        if timing is None and "train_s" in made:  # runs written by the current scripts (runfiles.Clock)
+            steps = s["extra"]["first_task_steps"] + s["extra"]["steps_per_task"] * (s["n_tasks_trained"] - 1)
+            timing = {"s_per_step": made["train_s"] / steps, "rollout_s": made["eval_s"]}
         diag = [s["R"][i][i] for i in range(len(s["R"]))]
         diagonals.setdefault(s["method"], []).append(diag)
         print(f"| {d.name} | {', '.join(f'{v:.2f}' for v in diag)} | {sum(v >= 0.5 for v in diag)}/{len(diag)} "
