@@ -364,6 +364,7 @@ def main(argv=None):
     net.add_argument("--models", nargs="+", default=UNET_MODELS, choices=UNET_MODELS, help="what is timed")
     net.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     args = parser.parse_args(argv)
+    runfiles.check_device(args.device)
     if args.command == "fisher":
         if args.samples < 1 or args.batch < 1 or args.samples % args.batch:
             fish.error("--samples must be a positive multiple of --batch")
@@ -423,4 +424,4 @@ def step_report(args, step) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    runfiles.run(main)  # bad input one line and exit 2, Ctrl-C 130: runfiles' endings

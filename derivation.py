@@ -286,4 +286,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    runfiles.run(main)  # Ctrl-C: one line, exit 130 (runfiles' endings)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import bench
+import runfiles
 
 
 
@@ -26,6 +27,12 @@ def test_step_runs_every_row_and_rejects_bad_flags(capsys):
             bench.main(argv)
         assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
+    for argv, message in ((["step", "--device", "bogus"], "--device must be auto, cpu or cuda[:i], got 'bogus'"),
+                          (["unet", "--device", "cuda:7"], "--device cuda:7 but")):
+        with pytest.raises(SystemExit) as exc:
+            runfiles.run(bench.main, argv)  # as `python bench.py` runs it: before any model is built
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1 and message in err, err
 
 
 def test_unet_prints_counts(capsys):
