@@ -1,9 +1,7 @@
-"""Run-folder files, command-line errors and the endings of every script: the ground floor (imports no project
-module).
+"""Run-folder files, command-line errors and every script's endings: the ground floor (imports no project module).
 
     Parser          argparse whose errors are one line, "error: ...", with exit code 2
-    require         ValueError(message) unless a condition holds: the scripts' bad-input check (exit 2 via Parser
-                    or run)
+    require         ValueError(message) unless a condition holds: the scripts' bad-input check (exit 2)
     check_writable  a folder can be written, checked before anything is written; check_device: --device's value
     lock_folder     one run per folder: an exclusive lock on folder/.lock, naming the process that holds it
     atomic writes   text, JSON, torch and any other files written to a temporary file of this process beside the
@@ -16,9 +14,10 @@ module).
                     of them with the run's wall times (metrics.py aggregate names the commits a table mixes)
     endings         run(main): every failure of a script ends in one line on stderr and an exit code (EXIT_*):
                     2 bad input (nothing written), 3 divergence (Diverged), 74 a fault of the machine (Fault,
-                    OSError: a full disk, an unreadable file, a worker process that died: worker_pool), 130 Ctrl-C, 143 SIGTERM
-                    (both: a checkpoint at the next safe point, then "rerun the same command to resume"), 1 a bug
-                    (the line names the log file with the traceback). Worker processes die_with_parent (worker_pool).
+                    OSError: a full disk, an unreadable file, a dead worker), 130 Ctrl-C, 143 SIGTERM (both: a
+                    checkpoint at the next safe point, then "rerun the same command to resume"), 1 a bug (the
+                    line names the log file with the traceback). Workers die_with_parent; worker_pool fails, not
+                    hangs, when one dies.
 """
 import argparse
 import concurrent.futures
@@ -31,6 +30,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -78,8 +78,7 @@ def lock_folder(folder: str):
         f.close()
         raise ValueError(f"{folder} is in use by process {holder} (one run per folder)") from None
     try:
-        f.seek(0)
-        f.truncate()
+        f.truncate(0)  # "a+": the write goes to the (new) end
         f.write(str(os.getpid()))
         f.flush()
     except OSError as e:  # a full disk
@@ -91,8 +90,6 @@ def lock_folder(folder: str):
 
 def check_device(device: str | None) -> None:
     """ValueError unless `device` is None, auto, cpu or cuda[:i] with CUDA available (--device of every script)."""
-    import re
-
     import torch  # local: the aggregation CLI does not need torch
     if device is None:
         return
@@ -159,7 +156,6 @@ def atomic_write_json(path, obj):
 
 def atomic_torch_save(obj, path):
     import torch  # local: the aggregation CLI does not need torch
-
     atomic_write(path, "wb", lambda f: torch.save(obj, f))
 
 
@@ -192,8 +188,7 @@ class JsonlLogger:
     """
 
     def __init__(self, path):
-        self.path = os.fspath(path)
-        self.records = 0
+        self.path, self.records = os.fspath(path), 0
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         if os.path.exists(self.path):
             self.records = len(read_jsonl(self.path))
@@ -356,10 +351,9 @@ def die_with_parent(parent_pid: int) -> None:
 
 @contextlib.contextmanager
 def worker_pool(workers: int, start_method: str = "spawn"):
-    """A process pool whose workers die_with_parent and are killed when the block ends on an exception (Ctrl-C too:
-    the interpreter would otherwise wait at exit for their tasks). concurrent.futures, not multiprocessing.Pool:
-    when a worker dies (killed, out of memory) Pool starts another and waits forever for the lost task, while
-    ProcessPoolExecutor fails every pending result with BrokenProcessPool, which pool_results makes a Fault."""
+    """A process pool whose workers die_with_parent, killed if the block raises (else exit waits for their tasks).
+    Not multiprocessing.Pool: when a worker dies (killed, out of memory) Pool waits forever for the lost task, while
+    ProcessPoolExecutor fails every pending result (BrokenProcessPool), which pool_results makes a Fault."""
     pool = concurrent.futures.ProcessPoolExecutor(workers, multiprocessing.get_context(start_method),
                                                   initializer=die_with_parent, initargs=(os.getpid(),))
     try:
@@ -373,8 +367,7 @@ def worker_pool(workers: int, start_method: str = "spawn"):
 
 
 def pool_results(results, what: str):
-    """Yield from an iterable of a worker_pool's results (its map, or future.result() calls); a dead worker is a
-    Fault naming `what` the workers were doing."""
+    """Yield from a worker_pool's results (its map, or future.result() calls); a dead worker: a Fault."""
     try:
         yield from results
     except concurrent.futures.BrokenExecutor:  # BrokenProcessPool
