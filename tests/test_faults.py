@@ -117,19 +117,27 @@ def test_full_disk_while_caching_demos(tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "data") == [os.path.basename(cw10_data.demo_path(cfg, "hammer"))]
 
 
+def proc_stat(pid) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state, ppid, ...), or None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def children(pid: int) -> list[int]:
     """The processes whose parent is pid and whose command line is a multiprocessing worker's (spawn_main)."""
     found = []
     for d in glob.glob("/proc/[0-9]*"):
+        stat, child = proc_stat(os.path.basename(d)), int(os.path.basename(d))
         try:
-            with open(f"{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
             with open(f"{d}/cmdline", "rb") as f:
                 worker = b"spawn_main" in f.read()
-        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        except (FileNotFoundError, ProcessLookupError):
             continue
-        if ppid == pid and worker:
-            found.append(int(os.path.basename(d)))
+        if stat is not None and int(stat[1]) == pid and worker:
+            found.append(child)
     return found
 
 
@@ -285,11 +293,8 @@ def lock_holder(folder: str):
 
 
 def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
-    except FileNotFoundError:
-        return False
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] != "Z"  # a zombie has ended
 
 
 @pytest.mark.parametrize("target,sig", [("parent", signal.SIGKILL), ("parent", signal.SIGTERM),

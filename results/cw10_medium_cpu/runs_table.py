@@ -1,9 +1,10 @@
 """One row per CW10 run: each task's own success right after it (the diagonal of R), how many reach 0.5, the
 average success and forgetting, Task 1 at the end, and the costs (wall time from `/usr/bin/time -v`, kept in the
 run's time.txt, else the wall time summary.json records; s/step and minutes of evaluation rollouts from the
-timing.json of the first committed runs, else from the training and evaluation times summary.json records). F is Continual World's, as in `metrics.table1`, recomputed
-from each summary's per-task forgetting: the mean over all N tasks, the last one's 0 included. Then, per method,
-the diagonal averaged over its seeds and how many of those means reach 0.5. Reads run files only.
+timing.json of the first committed runs, else from the training and evaluation times summary.json records). F is
+Continual World's, as in `metrics.table1`, recomputed from each summary's per-task forgetting: the mean over all N
+tasks, the last one's 0 included. Then, per method, the diagonal averaged over its seeds and how many of those
+means reach 0.5. Reads run files only.
 
     python results/cw10_medium_cpu/runs_table.py results/cw10_medium_cpu/runs/*-s? > results/cw10_medium_cpu/runs.md
 """
