@@ -88,3 +88,20 @@ def test_floors_and_imports_only_go_down():
     scripts = set(graph) - set(FLOORS)
     for m, deps in graph.items():
         assert not deps & scripts - {"bench"} and ("bench" not in deps or m.startswith("train_")), (m, deps & scripts)
+
+
+def test_readme_layout_names_every_module_on_its_floor():
+    """The README's Layout table lists every module of the repository once, a library module on the floor it
+    stands on here, a script on a floor above the library's ("6+" or "top"). Catches: a module added without a
+    line in the README (the guide asks each extra module for a reason there), a floor changed by a new import
+    while the README keeps the old one."""
+    rows = [line.split("|")[1:3] for line in (ROOT / "README.md").read_text().splitlines()
+            if line.startswith("| ") and "`" in line.split("|")[2] and line.split("|")[1].strip() in
+            {*map(str, range(10)), "6+", "top"}]
+    listed = {}
+    for cell, files in rows:
+        for name in files.replace("`", "").replace(",", " ").split():
+            assert name.endswith(".py") and name[:-3] not in listed, name
+            listed[name[:-3]] = cell.strip()
+    assert set(listed) == set(project_imports()), set(listed) ^ set(project_imports())
+    assert {m: int(c) for m, c in listed.items() if c.isdigit()} == FLOORS
