@@ -74,9 +74,10 @@ def test_killed_sweep_rerun_matches_uninterrupted(grid, tmp_path):
                     pid = (folder / ".lock").read_text().strip()
                     if pid:
                         os.kill(int(pid), signal.SIGKILL)  # one run dies; the sweep reports it and goes on
-                        killed_run = folder
+                        killed_run, killed_at = folder, time.time()
                         break
-        elif any((f / "summary.json").exists() for f in folders):
+        elif any((f / "summary.json").exists() for f in folders) and time.time() - killed_at > 1.0:
+            # (the 1 s lets the sweep, which polls every 0.2 s, report the dead run before it is killed itself)
             os.killpg(proc.pid, signal.SIGKILL)  # the sweep and every run it started, at once
             killed_sweep = time.time()
         time.sleep(0.01)
