@@ -130,14 +130,15 @@ def children(pid: int) -> list[int]:
     """The processes whose parent is pid and whose command line is a multiprocessing worker's (spawn_main)."""
     found = []
     for d in glob.glob("/proc/[0-9]*"):
-        stat, child = proc_stat(os.path.basename(d)), int(os.path.basename(d))
+        stat = proc_stat(os.path.basename(d))
+        if stat is None or int(stat[1]) != pid:
+            continue
         try:
             with open(f"{d}/cmdline", "rb") as f:
-                worker = b"spawn_main" in f.read()
+                if b"spawn_main" in f.read():
+                    found.append(int(os.path.basename(d)))
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if stat is not None and int(stat[1]) == pid and worker:
-            found.append(child)
     return found
 
 

@@ -5,6 +5,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -64,6 +65,9 @@ def test_killed_sweep_rerun_matches_uninterrupted(grid, tmp_path):
     methods = ["replay", "tr"]
     args = [*GRID, "--methods", *methods]
     proc = run_sweep(args, tmp_path, start_new_session=True)
+    lines = []  # the sweep's output as it comes: the sweep is killed only after it has reported the dead run
+    reader = threading.Thread(target=lambda: [lines.append(line) for line in proc.stdout], daemon=True)
+    reader.start()
     folders = [tmp_path / f"toy-smoke-{m}-s{s}" / f"{m}-s{s}" for m in methods for s in (0, 1)]
     killed_run = killed_sweep = None
     deadline = time.time() + 300
@@ -74,14 +78,15 @@ def test_killed_sweep_rerun_matches_uninterrupted(grid, tmp_path):
                     pid = (folder / ".lock").read_text().strip()
                     if pid:
                         os.kill(int(pid), signal.SIGKILL)  # one run dies; the sweep reports it and goes on
-                        killed_run, killed_at = folder, time.time()
+                        killed_run = folder
                         break
-        elif any((f / "summary.json").exists() for f in folders) and time.time() - killed_at > 1.0:
-            # (the 1 s lets the sweep, which polls every 0.2 s, report the dead run before it is killed itself)
+        elif any((f / "summary.json").exists() for f in folders) and any("FAILED" in line for line in lines):
             os.killpg(proc.pid, signal.SIGKILL)  # the sweep and every run it started, at once
             killed_sweep = time.time()
         time.sleep(0.01)
-    output = proc.communicate(timeout=60)[0]
+    proc.wait(timeout=60)
+    reader.join(timeout=60)
+    output = "".join(lines)
     assert killed_run is not None and killed_sweep is not None, f"the sweep ended before it was killed:\n{output}"
     assert f"FAILED {killed_run.name}: exit code -9" in output, output
     unfinished = [f for f in folders if not (f / "sw" / "summary.json").exists()]
