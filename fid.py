@@ -16,7 +16,7 @@ Feature extractors (``FeatureExtractor.load``; the networks are in fid_networks.
     "inception"            the FID Inception v3 of pytorch-fid's weights file (looked up at ``weights=PATH`` or in
                            the torch hub cache), or, when that file is absent, a proxy labelled "FID-proxy":
     "proxy-randconv-v1"    a fixed random-weight conv net (texture statistics; the imagenet32 fallback);
-    "proxy-classifier-v1"  a small CNN fitted in seconds to classify the run's classes (the shapes fallback).
+    "proxy-classifier-v2"  a small CNN fitted in seconds (float64) to classify the run's classes (the shapes fallback).
 
 API (what train_imagenet.py calls)
     ext = FeatureExtractor.load(weights=None, device="cuda")   # .name, .dim, .is_proxy
@@ -65,7 +65,7 @@ from fid_networks import INCEPTION_FILE, ClassifierFeatures, FIDInceptionV3, Ran
 
 INCEPTION_NAME = "inception"
 PROXY_NAME = "proxy-randconv-v1"
-CLASSIFIER_PROXY_NAME = "proxy-classifier-v1"
+CLASSIFIER_PROXY_NAME = "proxy-classifier-v2"  # v1: the same net fitted in float32
 PROXY_NOTE = "FID-proxy, not comparable to published FID"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -250,6 +250,8 @@ class FeatureExtractor:
     def __init__(self, net: nn.Module, name: str, dim: int, device):
         self.net = net.to(device).eval()
         self.name, self.dim, self.device = name, dim, torch.device(device)
+        # the net's float type (the classifier proxy: float64; fid_networks says why); images are cast to it
+        self.dtype = next((t.dtype for t in net.state_dict().values() if t.is_floating_point()), torch.float32)
         self.is_proxy = name != INCEPTION_NAME
 
     @classmethod
@@ -273,7 +275,8 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def features(self, images, batch_size: int = 200, progress: bool = False) -> np.ndarray:
-        """images (N, 3, H, W): uint8 in [0, 255] or float in [-1, 1] (numpy or torch) -> (N, dim) float32."""
+        """images (N, 3, H, W): uint8 in [0, 255] or float in [-1, 1] (numpy or torch) -> (N, dim) in the net's
+        float type (float32; the classifier proxy: float64)."""
         images = torch.as_tensor(images)
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (N, 3, H, W), got shape {tuple(images.shape)}")
@@ -282,9 +285,9 @@ class FeatureExtractor:
         out = []
         for start in tqdm(range(0, len(images), batch_size), desc=f"features ({self.name})", disable=not progress):
             x = images[start:start + batch_size].to(self.device)
-            x = x.float() / 255 if x.dtype == torch.uint8 else (x.float() + 1) / 2   # (b, 3, H, W) in [0, 1]
+            x = x.to(self.dtype) / 255 if x.dtype == torch.uint8 else (x.to(self.dtype) + 1) / 2  # (b, 3, H, W)
             out.append(self.net(x).cpu().numpy())                                     # (b, dim)
-        return np.concatenate(out, axis=0) if out else np.zeros((0, self.dim), np.float32)
+        return np.concatenate(out, axis=0) if out else np.zeros((0, self.dim))
 
 # -----------------------------------------------------------------------------
 # command line: python fid.py PATH_A PATH_B

@@ -16,13 +16,18 @@ Feature extractors (fid.FeatureExtractor.load picks one)
                          it are printed as "FID-proxy ... not comparable to published FID" and the
                          result carries ``is_proxy=True``. It ranks degradations sensibly (blur,
                          noise; tests/test_fid.py) but its scale means nothing outside this repo.
-    "proxy-classifier-v1"  the shapes dataset's proxy (train_imagenet.py, when no weights file is
+    "proxy-classifier-v2"  the shapes dataset's proxy (train_imagenet.py, when no weights file is
                          found): a small CNN trained for a few seconds, from a fixed seed, to classify
                          the run's own training images; features = its 128-d penultimate layer. Like
                          Inception it is a classifier of the data's classes, so it sees shape: the
                          random-conv proxy, a texture statistic, scored Task 1's labels drawn as Task
                          2's shapes (the forgetting a finetuned model shows) better than Task 1 itself
                          (results/imagenet_curves_cpu/README.md). Also labelled FID-proxy.
+                         Fitted and run in float64, because the fit amplifies round-off about 10^7-fold:
+                         fitted in float32 (v1), initial weights scaled by 1 + 1e-6 moved scores by
+                         10-60 %, and two CPUs (different SIMD round-off) scored the same model 17-23 %
+                         apart; in float64 a 1e-12 scaling moves no score in its 6th digit
+                         (results/imagenet_small_cpu/proxy_v1.md).
 
 Deviations from pytorch-fid
 - The 1008-class ``fc`` layer of the weights file is kept as a module so that the file loads with
@@ -287,23 +292,24 @@ class ClassifierFeatures(nn.Module):
 
     @classmethod
     def fit(cls, images: np.ndarray, labels: np.ndarray, seed: int = 0, epochs: int = 10, batch: int = 128,
-            lr: float = 2e-3, noise: float = 0.1) -> "ClassifierFeatures":
+            lr: float = 2e-3, noise: float = 0.1, dtype=torch.float64) -> "ClassifierFeatures":
         """Train on uint8 images (N, 3, H, W) with int labels (N,): Adam, cross-entropy, `epochs` passes over
-        fresh permutations, all randomness from `seed` (so every run of the same data gets the same network)."""
+        fresh permutations, all randomness from `seed` (so every run of the same data gets the same network), all
+        arithmetic in `dtype` (float64, so that every machine gets it too: the module docstring; float32 was v1)."""
         g = torch.Generator().manual_seed(seed)
         classes, y_all = np.unique(labels, return_inverse=True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = cls(len(classes))
-        x_all, y_all = torch.from_numpy(images).float() / 255, torch.from_numpy(y_all)
+            net = cls(len(classes)).to(dtype)
+        x_all, y_all = torch.from_numpy(images).to(dtype) / 255, torch.from_numpy(y_all)
         opt = torch.optim.Adam(net.parameters(), lr=lr)
         for _ in range(epochs):
             perm = torch.randperm(len(x_all), generator=g)
             for start in range(0, len(perm), batch):
                 idx = perm[start:start + batch]
                 x = x_all[idx]
-                std = torch.rand(len(x), 1, 1, 1, generator=g) * noise                  # per image, U(0, noise)
-                x = (x + std * torch.randn(x.shape, generator=g)).clamp(0, 1)
+                std = torch.rand(len(x), 1, 1, 1, generator=g).to(dtype) * noise          # per image, U(0, noise)
+                x = (x + std * torch.randn(x.shape, generator=g).to(dtype)).clamp(0, 1)
                 loss = F.cross_entropy(net.head(net(x)), y_all[idx])
                 opt.zero_grad()
                 loss.backward()

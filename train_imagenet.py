@@ -40,7 +40,7 @@ Deviations from the paper
   seed 0 for good (loss stuck at 1.0 from Task 2 on; results/imagenet_small_cpu/README.md).
 - Without the Inception weights file, fid.py falls back to a proxy (scores labelled "FID-proxy"): on shapes, the
   features of a small CNN trained (seed 0, a few seconds) to classify the run's classes on a third split of the
-  shapes (proxy-classifier-v1); on imagenet32, a random-conv net (proxy-randconv-v1), which sees texture, not shape.
+  shapes (proxy-classifier-v2); on imagenet32, a random-conv net (proxy-randconv-v1), which sees texture, not shape.
 - --image-size 16 (shapes only) trains on the shapes at 16x16 (2x2 block means), a 4x smaller network input. The
   CPU `small` preset uses it, with 4 tasks x 5 classes, unet2d_mini, Adam 4e-3 and DDIM 20: sized from the
   single-task curves in results/imagenet_curves_cpu/ (at the paper's lr 2e-4 and 50 classes per task nothing

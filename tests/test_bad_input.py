@@ -208,7 +208,7 @@ IM_CASES = [
     (["--seed", "-3"], "--seed must be in"),
     (["--curve", "often"], "--curve must be"),
     (["--inception-weights", "/nonexistent/w.pth"], "no such file"),
-    (["--no-allow-rank-deficient-fid"], "not above the 128-d proxy-classifier-v1"),
+    (["--no-allow-rank-deficient-fid"], "not above the 128-d proxy-classifier-v2"),
     (["--dataset", "imagenet32", "--data-dir", "/nonexistent"], "Imagenet32_train_npz"),
 ]
 

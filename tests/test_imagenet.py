@@ -384,7 +384,7 @@ def test_smoke_at_16x16_with_a_longer_first_task(tmp_path):
         assert z["after2"].shape == (2, 2, 3, 16, 16)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["transitions"] == [6] and [g for g, _ in summary["task1_curve"]] == [2, 4, 6, 8, 10]
-    assert summary["extra"]["extractor"] == "proxy-classifier-v1"
+    assert summary["extra"]["extractor"] == "proxy-classifier-v2"
     assert ti.metrics.task_curve_points("10,3000,4000", 2000) == {10}
     assert ti.metrics.task_curve_points("dense", 20) == {2, 4, 6, 8, 10, 15, 20}
 
