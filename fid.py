@@ -287,7 +287,7 @@ class FeatureExtractor:
             x = images[start:start + batch_size].to(self.device)
             x = x.to(self.dtype) / 255 if x.dtype == torch.uint8 else (x.to(self.dtype) + 1) / 2  # (b, 3, H, W)
             out.append(self.net(x).cpu().numpy())                                     # (b, dim)
-        return np.concatenate(out, axis=0) if out else np.zeros((0, self.dim))
+        return np.concatenate(out, axis=0) if out else np.zeros((0, self.dim), str(self.dtype).removeprefix("torch."))
 
 # -----------------------------------------------------------------------------
 # command line: python fid.py PATH_A PATH_B

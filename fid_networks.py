@@ -292,15 +292,20 @@ class ClassifierFeatures(nn.Module):
 
     @classmethod
     def fit(cls, images: np.ndarray, labels: np.ndarray, seed: int = 0, epochs: int = 10, batch: int = 128,
-            lr: float = 2e-3, noise: float = 0.1, dtype=torch.float64) -> "ClassifierFeatures":
+            lr: float = 2e-3, noise: float = 0.1, dtype=torch.float64, init_scale: float = 1.0) -> "ClassifierFeatures":
         """Train on uint8 images (N, 3, H, W) with int labels (N,): Adam, cross-entropy, `epochs` passes over
         fresh permutations, all randomness from `seed` (so every run of the same data gets the same network), all
-        arithmetic in `dtype` (float64, so that every machine gets it too: the module docstring; float32 was v1)."""
+        arithmetic in `dtype` (float64, so that every machine gets it too: the module docstring; float32 was v1).
+        `init_scale` multiplies the initial weights (in `dtype`): how tests/test_fid.py and
+        results/imagenet_small_cpu/round_off.py measure the fit's sensitivity to round-off."""
         g = torch.Generator().manual_seed(seed)
         classes, y_all = np.unique(labels, return_inverse=True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = cls(len(classes)).to(dtype)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(init_scale)
         x_all, y_all = torch.from_numpy(images).to(dtype) / 255, torch.from_numpy(y_all)
         opt = torch.optim.Adam(net.parameters(), lr=lr)
         for _ in range(epochs):

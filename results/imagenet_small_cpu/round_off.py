@@ -22,19 +22,8 @@ import train_imagenet  # noqa: E402
 
 
 def fitted(x, y, dtype, eps):
-    """ClassifierFeatures.fit in dtype, its initial weights scaled by 1 + eps (when fit builds its optimizer)."""
-    class ScaledAdam(torch.optim.Adam):
-        def __init__(self, params, **kw):
-            params = list(params)
-            with torch.no_grad():
-                for p in params:
-                    p.mul_(1 + eps)
-            super().__init__(params, **kw)
-    adam, torch.optim.Adam = torch.optim.Adam, ScaledAdam
-    try:
-        net = fid_networks.ClassifierFeatures.fit(x, y, dtype=dtype)
-    finally:
-        torch.optim.Adam = adam
+    """ClassifierFeatures.fit in dtype, its initial weights scaled by 1 + eps."""
+    net = fid_networks.ClassifierFeatures.fit(x, y, dtype=dtype, init_scale=1 + eps)
     return fid.FeatureExtractor(net, "classifier", net.dim, "cpu")
 
 
